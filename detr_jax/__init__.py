@@ -1,0 +1,3 @@
+"""DETR, the DEtection TRansformer, in JAX/Flax."""
+
+__version__ = "0.1.0"

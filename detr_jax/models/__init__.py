@@ -1,0 +1,93 @@
+"""Model construction from a config: `build_model(config.model)`."""
+import jax.numpy as jnp
+import ml_collections
+
+from detr_jax.models.backbone import RESNETS
+from detr_jax.models.detr import DETR
+from detr_jax.models.segmentation import DETRPanoptic
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def default_model_config():
+    """The paper's DETR-R50 (detection); configs start from this."""
+    return ml_collections.ConfigDict(dict(
+        backbone='resnet50',
+        dilation=False,
+        norm='frozen_bn',
+        # Which backbone stages the optimizer updates (the original: all but
+        # the stem and layer1). Stages not listed keep their values exactly.
+        train_stages=('layer2', 'layer3', 'layer4'),
+        position_embedding='sine',
+        hidden_dim=256,
+        nheads=8,
+        enc_layers=6,
+        dec_layers=6,
+        dim_feedforward=2048,
+        dropout=0.1,
+        pre_norm=False,
+        num_queries=100,
+        num_classes=91,
+        aux_loss=True,
+        masks=False,
+        dtype='float32',
+        remat=False,
+    ))
+
+
+def validate_model_config(cfg):
+    """Raises ValueError naming the key for an inconsistent model config."""
+    def bad(key, msg):
+        raise ValueError(f'config.model.{key}={cfg.get(key)!r}: {msg}')
+    if cfg.backbone not in RESNETS:
+        bad('backbone', f'must be one of {sorted(RESNETS)}')
+    if cfg.norm not in ('frozen_bn', 'bn', 'gn'):
+        bad('norm', "must be 'frozen_bn', 'bn' or 'gn'")
+    if cfg.position_embedding not in ('sine', 'learned'):
+        bad('position_embedding', "must be 'sine' or 'learned'")
+    if cfg.hidden_dim % cfg.nheads:
+        bad('hidden_dim', f'must be divisible by nheads={cfg.nheads}')
+    if cfg.hidden_dim % 2:
+        bad('hidden_dim', 'must be even (half the channels encode y, half x)')
+    if cfg.masks and (cfg.hidden_dim % 128 or (cfg.hidden_dim + cfg.nheads) % 8):
+        bad('hidden_dim', 'the mask head needs a multiple of 128 with hidden_dim + nheads '
+            'divisible by 8 (its GroupNorms have 8 groups down to hidden_dim/16 channels)')
+    if cfg.dtype not in _DTYPES:
+        bad('dtype', f'must be one of {sorted(_DTYPES)}')
+    for key in ('num_queries', 'num_classes', 'enc_layers', 'dec_layers', 'dim_feedforward'):
+        if int(cfg[key]) < (0 if key == 'enc_layers' else 1):
+            bad(key, 'must be positive')
+    unknown = set(cfg.train_stages) - {'stem', 'layer1', 'layer2', 'layer3', 'layer4'}
+    if unknown:
+        bad('train_stages', f'unknown stages {sorted(unknown)}')
+    if not 0.0 <= cfg.dropout < 1.0:
+        bad('dropout', 'must be in [0, 1)')
+
+
+def feature_stride(cfg):
+    return 16 if cfg.dilation else 32
+
+
+def validate_image_size(cfg, height, width, where='image'):
+    """Image sizes must be multiples of 32 and fit the learned positions."""
+    if height % 32 or width % 32:
+        raise ValueError(f'{where} size {height}x{width} must be a multiple of 32')
+    stride = feature_stride(cfg)
+    if cfg.position_embedding == 'learned' and max(height, width) > 50 * stride:
+        raise ValueError(
+            f'{where} size {height}x{width} gives a feature map over 50 cells, the most '
+            f'learned positions cover (max {50 * stride} pixels at stride {stride})')
+
+
+def build_model(cfg):
+    """The Flax module for `cfg` (a `config.model` ConfigDict or dict)."""
+    cfg = ml_collections.ConfigDict(dict(cfg))
+    validate_model_config(cfg)
+    detr = DETR(
+        num_classes=cfg.num_classes, num_queries=cfg.num_queries, hidden_dim=cfg.hidden_dim,
+        nheads=cfg.nheads, enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
+        dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, pre_norm=cfg.pre_norm,
+        backbone=cfg.backbone, dilation=cfg.dilation, norm=cfg.norm,
+        position_embedding=cfg.position_embedding, aux_loss=cfg.aux_loss,
+        remat=cfg.remat, dtype=_DTYPES[cfg.dtype])
+    return DETRPanoptic(detr=detr) if cfg.masks else detr

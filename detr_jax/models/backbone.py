@@ -1,0 +1,119 @@
+"""ResNet backbones as the original builds them from torchvision.
+
+Channels-last. Parameter names follow torchvision (`conv1`, `bn1`,
+`layer{s}_{b}`, `downsample_0/1`) so that converted checkpoints map one to one.
+"""
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from detr_jax.models.layers import TorchConv, make_norm
+
+# name -> (block, blocks per stage, base width)
+RESNETS = {
+    'resnet18': ('basic', (2, 2, 2, 2), 64),
+    'resnet34': ('basic', (3, 4, 6, 3), 64),
+    'resnet50': ('bottleneck', (3, 4, 6, 3), 64),
+    'resnet101': ('bottleneck', (3, 4, 23, 3), 64),
+    'resnet_tiny': ('basic', (1, 1, 1, 1), 8),  # for tests and the demo
+    'resnet_tiny_bottleneck': ('bottleneck', (1, 1, 1, 1), 8),  # tests
+}
+STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
+
+
+def stage_channels(name):
+    """Output channels of layer1..layer4 for a backbone name."""
+    block, _, width = RESNETS[name]
+    expansion = 4 if block == 'bottleneck' else 1
+    return tuple(width * 2 ** i * expansion for i in range(4))
+
+
+def _kaiming_fan_out():
+    # torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu')
+    return nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+class _Block(nn.Module):
+    planes: int
+    bottleneck: bool
+    stride: int = 1
+    dilation: int = 1
+    downsample: bool = False
+    norm: str = 'frozen_bn'
+    dtype: object = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        conv = lambda f, k, s=1, p=0, d=1, name=None: TorchConv(  # noqa: E731
+            f, k, stride=s, padding=p, dilation=d, use_bias=False,
+            kernel_init=_kaiming_fan_out(), dtype=self.dtype, name=name)
+        norm = lambda name: make_norm(self.norm, self.dtype, name)  # noqa: E731
+        d = self.dilation
+        if self.bottleneck:
+            out = nn.relu(norm('bn1')(conv(self.planes, 1, name='conv1')(x), train))
+            out = conv(self.planes, 3, self.stride, d, d, name='conv2')(out)
+            out = nn.relu(norm('bn2')(out, train))
+            out = norm('bn3')(conv(self.planes * 4, 1, name='conv3')(out), train)
+            out_ch = self.planes * 4
+        else:
+            out = conv(self.planes, 3, self.stride, d, d, name='conv1')(x)
+            out = nn.relu(norm('bn1')(out, train))
+            out = norm('bn2')(conv(self.planes, 3, 1, d, d, name='conv2')(out), train)
+            out_ch = self.planes
+        if self.downsample:
+            x = conv(out_ch, 1, self.stride, name='downsample_0')(x)
+            x = norm('downsample_1')(x, train)
+        return nn.relu(out + x)
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet v1.5 (stride on the 3x3 conv), no classifier.
+
+    Returns the outputs of layer1..layer4 as a list (strides 4, 8, 16, 32; with
+    `dilation`, layer4 keeps stride 16 and dilates its 3x3 convs, as
+    torchvision's `replace_stride_with_dilation=[False, False, True]`).
+    """
+    block: str = 'bottleneck'
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    width: int = 64
+    dilation: bool = False
+    norm: str = 'frozen_bn'
+    dtype: object = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        bottleneck = self.block == 'bottleneck'
+        expansion = 4 if bottleneck else 1
+        x = TorchConv(self.width, 7, stride=2, padding=3, use_bias=False,
+                      kernel_init=_kaiming_fan_out(), dtype=self.dtype,
+                      name='conv1')(x)
+        x = nn.relu(make_norm(self.norm, self.dtype, 'bn1')(x, train))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        in_ch, cur_dilation, outs = self.width, 1, []
+        for s, n_blocks in enumerate(self.stage_sizes):
+            planes = self.width * 2 ** s
+            stride = 1 if s == 0 else 2
+            prev_dilation = cur_dilation
+            if s == 3 and self.dilation:
+                cur_dilation *= stride
+                stride = 1
+            for b in range(n_blocks):
+                x = _Block(
+                    planes, bottleneck,
+                    stride=stride if b == 0 else 1,
+                    dilation=prev_dilation if b == 0 else cur_dilation,
+                    downsample=b == 0 and (stride != 1 or in_ch != planes * expansion),
+                    norm=self.norm, dtype=self.dtype,
+                    name=f'layer{s + 1}_{b}')(x, train)
+                in_ch = planes * expansion
+            outs.append(x)
+        return outs
+
+
+def build_resnet(name, dilation=False, norm='frozen_bn', dtype=jnp.float32):
+    if name not in RESNETS:
+        raise ValueError(f'model.backbone must be one of {sorted(RESNETS)}, got {name!r}')
+    block, sizes, width = RESNETS[name]
+    return ResNet(block=block, stage_sizes=sizes, width=width, dilation=dilation,
+                  norm=norm, dtype=dtype, name='backbone')

@@ -1,0 +1,107 @@
+"""The DETR detector: backbone -> input projection -> transformer -> heads."""
+from typing import Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from detr_jax.models.backbone import build_resnet
+from detr_jax.models.layers import TorchConv, TorchDense, nearest_resize
+from detr_jax.models.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
+from detr_jax.models.transformer import Transformer
+
+
+class MLP(nn.Module):
+    """The box head: `num_layers` Linear layers with ReLU between them."""
+    hidden_dim: int
+    output_dim: int
+    num_layers: int
+    dtype: object = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        for i in range(self.num_layers):
+            last = i == self.num_layers - 1
+            x = TorchDense(self.output_dim if last else self.hidden_dim,
+                           dtype=self.dtype, name=f'layers_{i}')(x)
+            x = x if last else nn.relu(x)
+        return x
+
+
+def feature_mask(pixel_mask, hw):
+    """The padding mask at a feature map's size (PyTorch's legacy nearest)."""
+    return nearest_resize(pixel_mask, hw)
+
+
+class DETR(nn.Module):
+    """DEtection TRansformer.
+
+    `__call__(images, pixel_mask, train)`: `images` [B, H, W, 3] normalized
+    float (padding 0), `pixel_mask` [B, H, W] True on real pixels. Returns
+    `pred_logits` [B, Q, C+1] (last = no object), `pred_boxes` [B, Q, 4]
+    (cx, cy, w, h in [0, 1] of the unpadded image) and, with `aux_loss`,
+    `aux_outputs`: one such dict per earlier decoder layer. Outputs are
+    float32 whatever the compute `dtype`.
+    """
+    num_classes: int = 91
+    num_queries: int = 100
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    pre_norm: bool = False
+    backbone: str = 'resnet50'
+    dilation: bool = False
+    norm: str = 'frozen_bn'
+    position_embedding: str = 'sine'
+    aux_loss: bool = True
+    remat: bool = False
+    dtype: object = jnp.float32
+
+    def setup(self):
+        self.body = build_resnet(self.backbone, self.dilation, self.norm, self.dtype)
+        if self.position_embedding == 'sine':
+            self.pos_embed = PositionEmbeddingSine(self.hidden_dim // 2)
+        else:
+            self.pos_embed = PositionEmbeddingLearned(self.hidden_dim // 2)
+        self.input_proj = TorchConv(self.hidden_dim, 1, dtype=self.dtype)
+        self.query_embed = self.param('query_embed', nn.initializers.normal(1.0),
+                                      (self.num_queries, self.hidden_dim))
+        self.transformer = Transformer(
+            self.hidden_dim, self.nheads, self.enc_layers, self.dec_layers,
+            self.dim_feedforward, self.dropout, self.pre_norm, self.remat, self.dtype)
+        self.class_embed = TorchDense(self.num_classes + 1, dtype=self.dtype)
+        self.bbox_embed = MLP(self.hidden_dim, 4, 3, dtype=self.dtype)
+
+    def encode(self, images, pixel_mask, train=False):
+        """Everything up to the heads, for DETR and the panoptic model.
+
+        Returns (hs [L, B, Q, D], memory [B, h, w, D], src_proj [B, h, w, D],
+        mask [B, h, w] True on real cells, backbone features layer1..layer4).
+        """
+        feats = self.body(images.astype(self.dtype), train)
+        src = feats[-1]
+        b, h, w, _ = src.shape
+        mask = feature_mask(pixel_mask, (h, w))
+        pos = self.pos_embed(mask).astype(self.dtype)
+        src_proj = self.input_proj(src)
+        hs, memory = self.transformer(
+            src_proj.reshape(b, h * w, -1), mask.reshape(b, h * w), self.query_embed,
+            pos.reshape(b, h * w, -1), train)
+        return hs, memory.reshape(b, h, w, -1), src_proj, mask, feats
+
+    def heads(self, hs):
+        logits = self.class_embed(hs).astype(jnp.float32)
+        boxes = nn.sigmoid(self.bbox_embed(hs).astype(jnp.float32))
+        out = {'pred_logits': logits[-1], 'pred_boxes': boxes[-1]}
+        if self.aux_loss:
+            out['aux_outputs'] = [{'pred_logits': lg, 'pred_boxes': bx}
+                                  for lg, bx in zip(logits[:-1], boxes[:-1])]
+        return out
+
+    def __call__(self, images, pixel_mask, train=False):
+        hs, *_ = self.encode(images, pixel_mask, train)
+        return self.heads(hs)
+
+

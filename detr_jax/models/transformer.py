@@ -1,0 +1,160 @@
+"""The original DETR transformer: post-norm (default) or pre-norm encoder and
+decoder, positions added to queries and keys only, every decoder layer's
+output passed through the shared final LayerNorm.
+
+Sequences are batch-first: `src` [B, S, D] is the flattened feature map,
+`key_valid` [B, S] is True on real (unpadded) cells.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from detr_jax.models.layers import torch_default_bias
+
+_xavier = nn.initializers.xavier_uniform()
+
+
+def _layer_norm(name, dtype):
+    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
+
+
+class MultiheadAttention(nn.Module):
+    """`torch.nn.MultiheadAttention` as one fusable XLA computation.
+
+    The q|k|v projection is one [D, 3D] matrix (xavier-initialized as a whole,
+    as the original's `_reset_parameters` does with `in_proj_weight`); heads
+    are a tensor axis, not a loop.
+    """
+    d_model: int
+    nhead: int
+    dropout: float = 0.0
+    dtype: object = jnp.float32
+
+    @nn.compact
+    def __call__(self, query, key, value, key_valid=None, train=False):
+        d, h = self.d_model, self.nhead
+        hd = d // h
+        w = self.param('in_proj_kernel', _xavier, (d, 3 * d)).astype(self.dtype)
+        b = self.param('in_proj_bias', nn.initializers.zeros, (3 * d,)).astype(self.dtype)
+        q = (query.astype(self.dtype) @ w[:, :d] + b[:d]) * (hd ** -0.5)
+        k = key.astype(self.dtype) @ w[:, d:2 * d] + b[d:2 * d]
+        v = value.astype(self.dtype) @ w[:, 2 * d:] + b[2 * d:]
+        split = lambda x: x.reshape(x.shape[:2] + (h, hd))  # noqa: E731
+        logits = jnp.einsum('bqhc,bkhc->bhqk', split(q), split(k))
+        if key_valid is not None:
+            # finfo.min rather than -inf: an all-padding example (the filler
+            # of a last partial batch) then gives uniform weights, not NaN.
+            big_neg = jnp.finfo(logits.dtype).min
+            logits = jnp.where(key_valid[:, None, None, :], logits, big_neg)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        weights = nn.Dropout(self.dropout)(weights, deterministic=not train)
+        out = jnp.einsum('bhqk,bkhc->bqhc', weights, split(v)).reshape(query.shape[:2] + (d,))
+        return nn.Dense(d, kernel_init=_xavier, bias_init=nn.initializers.zeros,
+                        dtype=self.dtype, name='out_proj')(out)
+
+
+class _FFN(nn.Module):
+    d_model: int
+    dim_feedforward: int
+    dropout: float
+    dtype: object
+
+    @nn.compact
+    def __call__(self, x, train):
+        x = nn.Dense(self.dim_feedforward, kernel_init=_xavier,
+                     bias_init=torch_default_bias(self.d_model), dtype=self.dtype,
+                     name='linear1')(x)
+        x = nn.Dropout(self.dropout)(nn.relu(x), deterministic=not train)
+        return nn.Dense(self.d_model, kernel_init=_xavier,
+                        bias_init=torch_default_bias(self.dim_feedforward),
+                        dtype=self.dtype, name='linear2')(x)
+
+
+class EncoderLayer(nn.Module):
+    d_model: int
+    nhead: int
+    dim_feedforward: int
+    dropout: float = 0.1
+    pre_norm: bool = False
+    dtype: object = jnp.float32
+
+    @nn.compact
+    def __call__(self, src, pos, key_valid, train=False):
+        attn = MultiheadAttention(self.d_model, self.nhead, self.dropout, self.dtype,
+                                  name='self_attn')
+        ffn = _FFN(self.d_model, self.dim_feedforward, self.dropout, self.dtype, name='ffn')
+        norm1, norm2 = _layer_norm('norm1', self.dtype), _layer_norm('norm2', self.dtype)
+        drop = lambda x: nn.Dropout(self.dropout)(x, deterministic=not train)  # noqa: E731
+        if self.pre_norm:
+            x = norm1(src)
+            src = src + drop(attn(x + pos, x + pos, x, key_valid, train))
+            return src + drop(ffn(norm2(src), train))
+        src = norm1(src + drop(attn(src + pos, src + pos, src, key_valid, train)))
+        return norm2(src + drop(ffn(src, train)))
+
+
+class DecoderLayer(nn.Module):
+    d_model: int
+    nhead: int
+    dim_feedforward: int
+    dropout: float = 0.1
+    pre_norm: bool = False
+    dtype: object = jnp.float32
+
+    @nn.compact
+    def __call__(self, tgt, memory, pos, query_pos, key_valid, train=False):
+        mk = lambda name: MultiheadAttention(  # noqa: E731
+            self.d_model, self.nhead, self.dropout, self.dtype, name=name)
+        self_attn, cross_attn = mk('self_attn'), mk('multihead_attn')
+        ffn = _FFN(self.d_model, self.dim_feedforward, self.dropout, self.dtype, name='ffn')
+        norms = [_layer_norm(f'norm{i}', self.dtype) for i in (1, 2, 3)]
+        drop = lambda x: nn.Dropout(self.dropout)(x, deterministic=not train)  # noqa: E731
+        mem_k = memory + pos
+        if self.pre_norm:
+            x = norms[0](tgt)
+            tgt = tgt + drop(self_attn(x + query_pos, x + query_pos, x, None, train))
+            x = norms[1](tgt)
+            tgt = tgt + drop(cross_attn(x + query_pos, mem_k, memory, key_valid, train))
+            return tgt + drop(ffn(norms[2](tgt), train))
+        x = tgt + query_pos
+        tgt = norms[0](tgt + drop(self_attn(x, x, tgt, None, train)))
+        tgt = norms[1](tgt + drop(cross_attn(tgt + query_pos, mem_k, memory, key_valid, train)))
+        return norms[2](tgt + drop(ffn(tgt, train)))
+
+
+class Transformer(nn.Module):
+    """Returns (hs [L, B, Q, D] after the decoder's final norm, memory [B, S, D])."""
+    d_model: int = 256
+    nhead: int = 8
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    pre_norm: bool = False
+    remat: bool = False
+    dtype: object = jnp.float32
+
+    @nn.compact
+    def __call__(self, src, key_valid, query_embed, pos, train=False):
+        kw = dict(d_model=self.d_model, nhead=self.nhead,
+                  dim_feedforward=self.dim_feedforward, dropout=self.dropout,
+                  pre_norm=self.pre_norm, dtype=self.dtype)
+        # static_argnums count `self`: `train` is the 4th (encoder) / 6th argument.
+        enc_cls = nn.remat(EncoderLayer, static_argnums=(4,)) if self.remat else EncoderLayer
+        dec_cls = nn.remat(DecoderLayer, static_argnums=(6,)) if self.remat else DecoderLayer
+        memory = src
+        for i in range(self.num_encoder_layers):
+            memory = enc_cls(**kw, name=f'encoder_layers_{i}')(memory, pos, key_valid, train)
+        if self.pre_norm:
+            memory = _layer_norm('encoder_norm', self.dtype)(memory)
+        b = src.shape[0]
+        query_pos = jnp.broadcast_to(query_embed[None].astype(src.dtype),
+                                     (b,) + query_embed.shape)
+        tgt = jnp.zeros_like(query_pos)
+        dec_norm = _layer_norm('decoder_norm', self.dtype)
+        hs = []
+        for i in range(self.num_decoder_layers):
+            tgt = dec_cls(**kw, name=f'decoder_layers_{i}')(
+                tgt, memory, pos, query_pos, key_valid, train)
+            hs.append(dec_norm(tgt))
+        return jnp.stack(hs), memory
