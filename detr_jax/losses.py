@@ -1,0 +1,129 @@
+"""The set criterion of DETR (the original's SetCriterion), jittable and
+independent of how many devices compute it.
+
+Written on global arrays: under jit with a sharded batch, the sums below
+are global sums (XLA inserts the collectives), so box and mask terms are
+global sums over the global number of real targets, and the class term is
+the weighted mean over the global batch, whatever the device count.
+"""
+import jax
+import jax.numpy as jnp
+
+from detr_jax.box_ops import box_cxcywh_to_xyxy, elementwise_giou
+from detr_jax.matching import match, matching_cost
+
+
+def _gather(x, idx):
+    """x [B, Q, ...], idx [B, M] -> [B, M, ...]."""
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=1)
+
+
+def _label_terms(logits, idx, targets, eos_coef, with_class_error):
+    b, q, c1 = logits.shape
+    valid, labels = targets['valid'], targets['labels']
+    # [B, M, Q] assignment as a one-hot (not a scatter: elementwise ops stay
+    # on their shard under a batch-sharded jit, a scatter is gathered)
+    assigned = (idx[..., None] == jnp.arange(q)) & valid[..., None]
+    target_classes = jnp.where(assigned.any(1),
+                               (assigned * labels[..., None].astype(jnp.int32)).sum(1), c1 - 1)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, target_classes[..., None], axis=-1)[..., 0]
+    w = jnp.where(target_classes == c1 - 1, eos_coef, 1.0)
+    out = {'loss_ce': (w * nll).sum() / w.sum()}
+    card_pred = (jnp.argmax(logits, -1) != c1 - 1).sum(1)
+    out['cardinality_error'] = jnp.abs(card_pred - valid.sum(1)).astype(jnp.float32).mean()
+    if with_class_error:
+        correct = (jnp.argmax(_gather(logits, idx), -1) == labels) & valid
+        n = valid.sum()
+        acc = jnp.where(n > 0, 100.0 * correct.sum() / jnp.maximum(n, 1), 0.0)
+        out['class_error'] = 100.0 - acc
+    out['cardinality_error'] = jax.lax.stop_gradient(out['cardinality_error'])
+    if 'class_error' in out:
+        out['class_error'] = jax.lax.stop_gradient(out['class_error'])
+    return out
+
+
+def _box_terms(boxes, idx, targets, num_boxes):
+    valid = targets['valid']
+    src, tgt = _gather(boxes, idx), targets['boxes']
+    l1 = jnp.abs(src - tgt).sum(-1)
+    giou = elementwise_giou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt))
+    return {'loss_bbox': jnp.where(valid, l1, 0.0).sum() / num_boxes,
+            'loss_giou': jnp.where(valid, 1.0 - giou, 0.0).sum() / num_boxes}
+
+
+def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
+    """Per-pixel focal loss (RetinaNet), same shape as the inputs."""
+    prob = jax.nn.sigmoid(logits)
+    ce = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    return (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+
+
+def _mask_terms(pred_masks, idx, targets, num_boxes):
+    valid, tgt = targets['valid'], targets['masks'].astype(jnp.float32)
+    src = _gather(pred_masks, idx)  # [B, M, h, w]
+    # bilinear, half-pixel centres: PyTorch's align_corners=False upsampling
+    src = jax.image.resize(src, src.shape[:2] + tgt.shape[2:], 'linear').astype(jnp.float32)
+    src, tgt = src.reshape(src.shape[:2] + (-1,)), tgt.reshape(tgt.shape[:2] + (-1,))
+    focal = sigmoid_focal_loss(src, tgt).mean(-1)
+    prob = jax.nn.sigmoid(src)
+    dice = 1 - (2 * (prob * tgt).sum(-1) + 1) / (prob.sum(-1) + tgt.sum(-1) + 1)
+    return {'loss_mask': jnp.where(valid, focal, 0.0).sum() / num_boxes,
+            'loss_dice': jnp.where(valid, dice, 0.0).sum() / num_boxes}
+
+
+def weight_dict(loss_cfg, num_aux=0, masks=False):
+    """Loss term -> weight, with `_{i}` copies for auxiliary decoder layers."""
+    base = {'loss_ce': loss_cfg['ce'], 'loss_bbox': loss_cfg['bbox'], 'loss_giou': loss_cfg['giou']}
+    if masks:
+        base.update(loss_mask=loss_cfg['mask'], loss_dice=loss_cfg['dice'])
+    out = dict(base)
+    for i in range(num_aux):
+        out.update({f'{k}_{i}': v for k, v in base.items() if k not in ('loss_mask', 'loss_dice')})
+    return out
+
+
+def match_all_layers(outputs, targets, matcher_cfg, mesh=None):
+    """Query index per target [L, B, M]; layer L-1 is the final output."""
+    layers = list(outputs.get('aux_outputs', [])) + [outputs]
+    logits = jnp.stack([o['pred_logits'] for o in layers])
+    boxes = jnp.stack([o['pred_boxes'] for o in layers])
+    cost = matching_cost(logits, boxes, targets['labels'][None], targets['boxes'][None],
+                         targets['valid'][None], matcher_cfg)
+    return match(cost, targets['valid'], matcher_cfg.get('solver', 'scipy'), mesh)
+
+
+def set_criterion(outputs, targets, config, mesh=None):
+    """DETR's loss. Returns (total, metrics).
+
+    outputs: `pred_logits` [B, Q, C+1], `pred_boxes` [B, Q, 4] (cxcywh),
+      optional `aux_outputs` (list of such dicts) and `pred_masks` [B, Q, h, w].
+    targets: `labels` [B, M] int, `boxes` [B, M, 4] (cxcywh, normalized),
+      `valid` [B, M] bool, and `masks` [B, M, H, W] when `pred_masks` is given.
+    config: has `matcher` (cost_class, cost_bbox, cost_giou, solver) and
+      `loss` (ce, bbox, giou, mask, dice, eos_coef).
+    mesh: the device mesh of a sharded batch ('data' axis), for the scipy
+      solver to run per shard.
+    metrics holds every unweighted term (loss_ce, loss_bbox, loss_giou,
+    loss_mask, loss_dice, cardinality_error, class_error, `_{i}` for aux
+    layer i) and `loss` (the weighted total).
+    """
+    loss_cfg, matcher_cfg = config['loss'], config['matcher']
+    aux = list(outputs.get('aux_outputs', []))
+    idx = match_all_layers(outputs, targets, matcher_cfg, mesh)
+    num_boxes = jnp.maximum(targets['valid'].sum().astype(jnp.float32), 1.0)
+    metrics = {}
+    for i, out in enumerate(aux + [outputs]):
+        last = i == len(aux)
+        terms = _label_terms(out['pred_logits'], idx[i], targets, loss_cfg['eos_coef'], last)
+        terms.update(_box_terms(out['pred_boxes'], idx[i], targets, num_boxes))
+        if last and 'pred_masks' in out:
+            terms.update(_mask_terms(out['pred_masks'], idx[i], targets, num_boxes))
+        metrics.update({(k if last else f'{k}_{i}'): v for k, v in terms.items()})
+    weights = weight_dict(loss_cfg, len(aux), 'pred_masks' in outputs)
+    total = sum(weights[k] * metrics[k] for k in weights)
+    metrics['loss'] = total
+    return total, metrics
