@@ -1,0 +1,38 @@
+"""Which Source a config's `data` section names, for a split."""
+import os
+
+from detr_jax.data import synthetic
+from detr_jax.data.coco_format import DataError, load_instances, load_panoptic
+
+
+def synthetic_root(cfg):
+    base = cfg.cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'detr_jax', 'synthetic')
+    key = f'seed{cfg.synthetic_seed}_{cfg.min_image}-{cfg.max_image}_obj{cfg.max_objects}'
+    return os.path.join(base, key)
+
+
+def build_source(cfg, split):
+    """split: 'train' or 'val'."""
+    on_bad = cfg.on_bad_input
+    if cfg.dataset == 'synthetic':
+        n = cfg.num_train if split == 'train' else cfg.num_val
+        root = os.path.join(synthetic_root(cfg), f'n{n}')
+        p = synthetic.write_coco(root, split, n, seed=cfg.synthetic_seed, min_size=cfg.min_image,
+                                 max_size=cfg.max_image, max_objects=cfg.max_objects)
+        if cfg.panoptic:
+            src = load_panoptic(p['panoptic_json'], p['images'], p['panoptic_png'], on_bad,
+                                name=f'synthetic-{split}')
+        else:
+            src = load_instances(p['instances'], p['images'], on_bad, name=f'synthetic-{split}')
+        src.panoptic_json = p['panoptic_json']
+        return src
+    if cfg.dataset == 'coco_folder':
+        ann, images = (cfg.train_ann, cfg.train_images) if split == 'train' else (cfg.val_ann, cfg.val_images)
+        if not ann or not images:
+            raise DataError(f'config.data.{split}_ann and config.data.{split}_images must be set '
+                            'for dataset=coco_folder')
+        if cfg.panoptic:
+            png = cfg.train_panoptic_png if split == 'train' else cfg.val_panoptic_png
+            return load_panoptic(ann, images, png, on_bad)
+        return load_instances(ann, images, on_bad)
+    raise DataError(f"config.data.dataset={cfg.dataset!r}: must be 'synthetic' or 'coco_folder'")

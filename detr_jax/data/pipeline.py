@@ -1,0 +1,268 @@
+"""Batches for the jitted steps: static shapes, resumable deterministic order.
+
+An epoch is *planned* on the host before anything is decoded: a permutation
+of the examples from (seed, epoch), each example's augmentation from
+(seed, epoch, index), hence its final size and shape bucket; batches are
+filled within a bucket in permutation order (leftovers at the end of a
+training epoch are dropped). The position is (epoch, batch); restoring it
+replans the epoch and skips to the batch. Every process plans the same
+epoch and takes its own slice of every batch, so all hosts agree on each
+step's shapes.
+
+tf.data then decodes and transforms the pixels (and panoptic masks) of the
+planned examples in parallel. A batch is a dict of numpy arrays:
+`images` uint8 [B, H, W, 3]; `pixel_mask` bool [B, H, W] (True on real
+pixels); `size`, `orig_size` [B, 2] (h, w); `image_id` [B] (-1 for the
+filler of a last partial eval batch); `labels` [B, M] int32, `boxes`
+[B, M, 4] (cx, cy, w, h normalized by `size`), `valid` [B, M] bool; with
+masks, `masks` [B, M, H, W] bool.
+"""
+import collections
+import dataclasses
+import logging
+from typing import Dict, List, Tuple
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, ImageOps
+
+from detr_jax.data.coco_format import DataError, Source
+from detr_jax.data.transforms import (Params, choose_bucket, eval_params, sample_train_params,
+                                      transform_boxes)
+
+tf.config.set_visible_devices([], 'GPU')
+
+
+@dataclasses.dataclass
+class Planned:
+    index: int          # example index in the Source, -1 for a filler
+    params: Params
+    boxes: np.ndarray   # [n, 4] cxcywh normalized
+    labels: np.ndarray  # [n]
+    segments: np.ndarray  # [n] panoptic segment ids (or empty)
+
+
+def _plan_example(source, i, params, cfg, counts):
+    h0, w0 = (int(v) for v in source.sizes[i])
+    boxes, keep = transform_boxes(source.boxes[i], params, h0, w0)
+    labels = source.labels[i][keep]
+    segs = source.segment_ids[i][keep] if source.segment_ids is not None else np.zeros((0,), np.int64)
+    boxes = boxes[keep]
+    if len(labels) > cfg.max_boxes:
+        if not cfg.truncate_boxes:
+            raise DataError(f'{source.image_paths[i]} (image id {source.image_ids[i]}): '
+                            f'{len(labels)} objects exceed max_boxes={cfg.max_boxes}; raise '
+                            'data.max_boxes or set data.truncate_boxes=True')
+        counts['truncated_boxes'] += len(labels) - cfg.max_boxes
+        boxes, labels, segs = boxes[:cfg.max_boxes], labels[:cfg.max_boxes], segs[:cfg.max_boxes]
+    return Planned(i, params, boxes, labels, segs)
+
+
+def plan_train_epoch(source: Source, cfg, epoch: int) -> List[Tuple[Tuple[int, int], list]]:
+    """[(bucket, [Planned] * batch_size)] for one training epoch."""
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(source))
+    pending, batches = collections.defaultdict(list), []
+    counts = collections.Counter()
+    for i in order:
+        h0, w0 = (int(v) for v in source.sizes[i])
+        p = sample_train_params(np.random.default_rng([cfg.seed, epoch, int(i), 1]), h0, w0, cfg)
+        bucket = choose_bucket(*p.size, cfg.buckets, f'{source.image_paths[i]}: ')
+        pending[bucket].append(_plan_example(source, int(i), p, cfg, counts))
+        if len(pending[bucket]) == cfg.batch_size:
+            batches.append((bucket, pending.pop(bucket)))
+    if counts:
+        logging.info('epoch %d: %s', epoch, dict(counts))
+    return batches
+
+
+def plan_eval(source: Source, cfg, batch_size=None):
+    """Every image once, in dataset order within each bucket; a last partial
+    batch of a bucket is filled with fillers (index -1, no valid targets)."""
+    batch_size = batch_size or cfg.eval_batch_size
+    groups = collections.defaultdict(list)
+    counts = collections.Counter()
+    for i in range(len(source)):
+        h0, w0 = (int(v) for v in source.sizes[i])
+        p = eval_params(h0, w0, cfg)
+        bucket = choose_bucket(*p.size, cfg.eval_buckets, f'{source.image_paths[i]}: ')
+        groups[bucket].append(_plan_example(source, i, p, cfg, counts))
+    batches = []
+    for bucket in sorted(groups):
+        items = groups[bucket]
+        for s in range(0, len(items), batch_size):
+            chunk = items[s:s + batch_size]
+            filler = Planned(-1, Params(False, bucket, (0, 0) + tuple(bucket), tuple(bucket)),
+                             np.zeros((0, 4), np.float32), np.zeros((0,), np.int32),
+                             np.zeros((0,), np.int64))
+            batches.append((bucket, chunk + [filler] * (batch_size - len(chunk))))
+    return batches
+
+
+def _decode(path, png, segs):
+    """Host decode: any PIL image (grayscale, CMYK, 16-bit, EXIF-rotated) to
+    RGB uint8, and panoptic masks [h, w, M] for the given segment ids."""
+    path = path.decode()
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ('I;16', 'I;16B', 'I'):
+                arr = np.asarray(im, np.float32)
+                im = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+            img = np.asarray(im.convert('RGB'), np.uint8)
+    except (OSError, ValueError) as e:
+        raise DataError(f'{path}: cannot decode image: {e}') from e
+    if png:
+        ids = np.asarray(Image.open(png.decode()).convert('RGB'), np.int64)
+        ids = ids[..., 0] + 256 * ids[..., 1] + 65536 * ids[..., 2]
+        masks = (ids[..., None] == segs[None, None, :]).astype(np.uint8)
+    else:
+        masks = np.zeros(img.shape[:2] + (len(segs),), np.uint8)
+    return img, masks
+
+
+def _tf_transform(e, with_masks):
+    img, masks = tf.numpy_function(_decode, [e['path'], e['png'], e['segs']], [tf.uint8, tf.uint8])
+    img = tf.reshape(img, tf.stack([e['h0'], e['w0'], 3]))
+    masks = tf.reshape(masks, tf.stack([e['h0'], e['w0'], tf.shape(e['segs'])[0]]))
+
+    def geometry(x, method):
+        x = tf.cond(e['flip'], lambda: tf.reverse(x, [1]), lambda: x)
+        dtype = x.dtype
+        x = tf.image.resize(tf.cast(x, tf.float32), e['resize1'], method=method,
+                            antialias=method == 'bilinear')
+        x = x[e['crop'][0]:e['crop'][0] + e['crop'][2], e['crop'][1]:e['crop'][1] + e['crop'][3]]
+        x = tf.cond(tf.reduce_all(tf.shape(x)[:2] == e['size']), lambda: x,
+                    lambda: tf.image.resize(x, e['size'], method=method,
+                                            antialias=method == 'bilinear'))
+        x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), dtype)
+        pad = [[0, e['bucket'][0] - e['size'][0]], [0, e['bucket'][1] - e['size'][1]], [0, 0]]
+        return tf.pad(x, pad)
+
+    out = {'images': geometry(img, 'bilinear'),
+           'pixel_mask': tf.pad(tf.ones(e['size'], tf.bool),
+                                [[0, e['bucket'][0] - e['size'][0]], [0, e['bucket'][1] - e['size'][1]]])}
+    if with_masks:
+        m = geometry(masks, 'nearest')
+        out['masks'] = tf.transpose(tf.cast(m, tf.bool), [2, 0, 1])
+    for k in ('size', 'orig_size', 'image_id', 'labels', 'boxes', 'valid'):
+        out[k] = e[k]
+    return out
+
+
+def _filler_transform(e, with_masks):
+    h, w = e['bucket'][0], e['bucket'][1]
+    out = {'images': tf.zeros(tf.stack([h, w, 3]), tf.uint8),
+           'pixel_mask': tf.zeros(tf.stack([h, w]), tf.bool)}
+    if with_masks:
+        out['masks'] = tf.zeros(tf.stack([tf.shape(e['labels'])[0], h, w]), tf.bool)
+    for k in ('size', 'orig_size', 'image_id', 'labels', 'boxes', 'valid'):
+        out[k] = e[k]
+    return out
+
+
+def _elements(source, batches, cfg, lo, hi):
+    m = cfg.max_boxes
+    rows = collections.defaultdict(list)
+    for bucket, items in batches:
+        for it in items[lo:hi]:
+            n = len(it.labels)
+            rows['filler'].append(it.index < 0)
+            rows['path'].append('' if it.index < 0 else source.image_paths[it.index])
+            png = None
+            if it.index >= 0 and source.panoptic_pngs is not None:
+                png = source.panoptic_pngs[it.index]
+            rows['png'].append(png or '')
+            segs = np.full((m,), -1, np.int64)
+            segs[:n] = it.segments[:n] if len(it.segments) else -1
+            rows['segs'].append(segs)
+            hw = source.sizes[it.index] if it.index >= 0 else np.zeros(2, np.int32)
+            rows['h0'].append(int(hw[0]))
+            rows['w0'].append(int(hw[1]))
+            rows['orig_size'].append(np.array(hw, np.int32))
+            rows['flip'].append(it.params.flip)
+            rows['resize1'].append(it.params.resize1)
+            rows['crop'].append(it.params.crop)
+            # a filler has no real pixels: size (0, 0)
+            rows['size'].append(np.array(it.params.size if it.index >= 0 else (0, 0), np.int32))
+            rows['bucket'].append(bucket)
+            rows['image_id'].append(-1 if it.index < 0 else int(source.image_ids[it.index]))
+            lab, box, val = np.zeros((m,), np.int32), np.zeros((m, 4), np.float32), np.zeros((m,), bool)
+            lab[:n], box[:n], val[:n] = it.labels, it.boxes, True
+            rows['labels'].append(lab)
+            rows['boxes'].append(box)
+            rows['valid'].append(val)
+    out = {k: np.array(v) for k, v in rows.items()}
+    for k in ('h0', 'w0', 'resize1', 'crop', 'size', 'bucket', 'orig_size'):
+        out[k] = out[k].astype(np.int32)
+    return out
+
+
+def make_tf_dataset(source, batches, cfg, local_batch, lo, hi, with_masks=False):
+    """tf.data over planned batches (this host's slice [lo, hi) of each)."""
+    if not batches:
+        return None
+    el = _elements(source, batches, cfg, lo, hi)
+    ds = tf.data.Dataset.from_tensor_slices(el)
+    ds = ds.map(lambda e: tf.cond(e['filler'], lambda: _filler_transform(e, with_masks),
+                                  lambda: _tf_transform(e, with_masks)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(local_batch).prefetch(cfg.get('prefetch', 2))
+
+
+class InputPipeline:
+    """Endless training batches from a resumable position.
+
+    `position` is {'epoch', 'batch'}: the next batch to produce. Planning an
+    epoch is cheap (no decoding), so `restore` just replans.
+    """
+
+    def __init__(self, source: Source, cfg, process_index=0, process_count=1, with_masks=False):
+        if cfg.batch_size % process_count:
+            raise ValueError(f'data.batch_size={cfg.batch_size} must be divisible by the '
+                             f'{process_count} processes')
+        self.source, self.cfg, self.with_masks = source, cfg, with_masks
+        self.local = cfg.batch_size // process_count
+        self.lo, self.hi = process_index * self.local, (process_index + 1) * self.local
+        self.position = {'epoch': 0, 'batch': 0}
+        self._plans: Dict[int, list] = {}
+
+    def plan(self, epoch):
+        if epoch not in self._plans:
+            self._plans = {epoch: plan_train_epoch(self.source, self.cfg, epoch)}
+            if not self._plans[epoch]:
+                raise DataError(f'{self.source.name}: an epoch has no full batch of '
+                                f'{self.cfg.batch_size} in any bucket; lower data.batch_size '
+                                'or use fewer buckets')
+        return self._plans[epoch]
+
+    def restore(self, position):
+        self.position = {'epoch': int(position['epoch']), 'batch': int(position['batch'])}
+
+    def bucket_of(self, epoch, batch):
+        return self.plan(epoch)[batch][0]
+
+    def __iter__(self):
+        while True:
+            epoch, start = self.position['epoch'], self.position['batch']
+            batches = self.plan(epoch)
+            ds = make_tf_dataset(self.source, batches[start:], self.cfg, self.local, self.lo,
+                                 self.hi, self.with_masks)
+            for k, batch in enumerate(ds.as_numpy_iterator() if ds is not None else ()):
+                nxt = start + k + 1
+                self.position = ({'epoch': epoch, 'batch': nxt} if nxt < len(batches)
+                                 else {'epoch': epoch + 1, 'batch': 0})
+                yield batch
+            if ds is None:
+                self.position = {'epoch': epoch + 1, 'batch': 0}
+
+
+def eval_batches(source: Source, cfg, process_index=0, process_count=1, with_masks=False):
+    """Every image of `source` once (fillers complete the last batches)."""
+    bs = cfg.eval_batch_size
+    if bs % process_count:
+        raise ValueError(f'data.eval_batch_size={bs} must be divisible by {process_count} processes')
+    local = bs // process_count
+    batches = plan_eval(source, cfg, bs)
+    ds = make_tf_dataset(source, batches, cfg, local, process_index * local,
+                         (process_index + 1) * local, with_masks)
+    return [] if ds is None else ds.as_numpy_iterator()

@@ -1,0 +1,198 @@
+"""The built-in synthetic detection / panoptic set (no download).
+
+Procedural and deterministic from (seed, split, index): textured, cluttered
+backgrounds; "sky" and "ground" stuff regions with wavy borders; 0 to
+`max_objects` objects of six classes that differ in shape and colour (with
+hue, brightness and size jitter, outlines and partial occlusion), and
+distractor blobs that belong to no class. Every annotated object has its
+visible instance mask; boxes are the visible extent, as in COCO.
+
+`write_coco(root, ...)` exports a split as a COCO-format folder: images,
+`instances_{split}.json` (RLE masks) and the panoptic form
+(`panoptic_{split}/*.png` + `panoptic_{split}.json`), so pycocotools and PQ
+can score it and the COCO-format reader loads it like users' own data.
+"""
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+# (name, base RGB); things are category ids 1..6, stuff 7..8
+THINGS = (('disc', (220, 50, 50)), ('square', (40, 90, 220)), ('triangle', (40, 170, 60)),
+          ('cross', (230, 200, 40)), ('ring', (190, 60, 200)), ('diamond', (40, 200, 210)))
+STUFF = (('sky', (150, 180, 215)), ('ground', (120, 95, 60)))
+
+
+def categories(panoptic=False):
+    cats = [{'id': i + 1, 'name': n, 'isthing': 1, 'supercategory': 'shape',
+             'color': list(c)} for i, (n, c) in enumerate(THINGS)]
+    if panoptic:
+        cats += [{'id': len(THINGS) + i + 1, 'name': n, 'isthing': 0, 'supercategory': 'stuff',
+                  'color': list(c)} for i, (n, c) in enumerate(STUFF)]
+    return cats
+
+
+def _shape_mask(kind, h, w, cy, cx, r, rng):
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dy, dx = yy - cy, xx - cx
+    if kind == 'disc':
+        return dy ** 2 + dx ** 2 <= r ** 2
+    if kind == 'square':
+        ang = rng.uniform(-0.3, 0.3)
+        u, v = dx * np.cos(ang) + dy * np.sin(ang), -dx * np.sin(ang) + dy * np.cos(ang)
+        return (np.abs(u) <= r * 0.85) & (np.abs(v) <= r * 0.85)
+    if kind == 'triangle':
+        return (dy <= r * 0.7) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
+    if kind == 'cross':
+        t = r * 0.33
+        return ((np.abs(dx) <= t) & (np.abs(dy) <= r)) | ((np.abs(dy) <= t) & (np.abs(dx) <= r))
+    if kind == 'ring':
+        d2 = dy ** 2 + dx ** 2
+        return (d2 <= r ** 2) & (d2 >= (0.55 * r) ** 2)
+    if kind == 'diamond':
+        return np.abs(dx) + np.abs(dy) * 0.8 <= r
+    raise ValueError(kind)
+
+
+def _texture(h, w, rng, base, strength):
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = base
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    kind = rng.integers(0, 3)
+    if kind == 0:  # stripes
+        f, a = rng.uniform(0.05, 0.4), rng.uniform(0, np.pi)
+        img += strength * np.sin(f * (xx * np.cos(a) + yy * np.sin(a)))[..., None]
+    elif kind == 1:  # checker
+        s = rng.integers(4, 16)
+        img += strength * (((yy // s + xx // s) % 2) * 2 - 1)[..., None]
+    img += rng.normal(0, strength * 0.5, size=(h, w, 1))
+    return img
+
+
+def render(seed, split, index, min_size=96, max_size=160, max_objects=8):
+    """One example: (image uint8 [H, W, 3], objects [(category_id, mask)],
+    stuff map int [H, W] with 0 = none or a stuff category id)."""
+    split_code = {'train': 0, 'validation': 1, 'val': 1, 'test': 2}.get(split, 3)
+    rng = np.random.default_rng([seed, split_code, index])
+    h, w = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+    img = _texture(h, w, rng, rng.uniform(60, 200, size=3), rng.uniform(5, 25))
+    stuff = np.zeros((h, w), np.int32)
+    xx = np.arange(w, dtype=np.float32)
+    for k, (name, color) in enumerate(STUFF):
+        if rng.random() < 0.55:
+            frac = rng.uniform(0.15, 0.4)
+            wave = rng.uniform(1, 6) * np.sin(xx * rng.uniform(0.03, 0.15) + rng.uniform(0, 6))
+            border = (frac * h + wave).astype(np.int32)
+            yy = np.arange(h)[:, None]
+            region = yy < border[None] if name == 'sky' else yy >= h - border[None]
+            region &= stuff == 0
+            tex = _texture(h, w, rng, np.array(color) + rng.normal(0, 12, 3), rng.uniform(4, 12))
+            img[region] = tex[region]
+            stuff[region] = len(THINGS) + k + 1
+    # distractors: blobs of random colour that are no class
+    for _ in range(rng.integers(0, 4)):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, 10)
+        m = _shape_mask('disc', h, w, cy, cx, r, rng)
+        img[m] = rng.uniform(0, 255, 3)
+    n = 0 if rng.random() < 0.08 else int(rng.integers(1, max_objects + 1))
+    objects, occupied = [], np.zeros((h, w), bool)
+    for _ in range(n):
+        cls = int(rng.integers(len(THINGS)))
+        kind, color = THINGS[cls]
+        for _try in range(6):
+            r = rng.uniform(0.06, 0.22) * min(h, w)
+            cy, cx = rng.uniform(r * 0.5, h - r * 0.5), rng.uniform(r * 0.5, w - r * 0.5)
+            m = _shape_mask(kind, h, w, cy, cx, r, rng)
+            area = m.sum()
+            if area >= 30 and (m & occupied).sum() <= 0.4 * area:
+                break
+        else:
+            continue
+        # the new object is drawn on top: earlier masks lose what it covers
+        objects = [(c, om & ~m) for c, om in objects]
+        col = np.clip(np.array(color) * rng.uniform(0.7, 1.15) + rng.normal(0, 18, 3), 0, 255)
+        tex = _texture(h, w, rng, col, rng.uniform(0, 15))
+        img[m] = tex[m]
+        if rng.random() < 0.5:  # darker outline
+            edge = m & ~_shape_mask(kind, h, w, cy, cx, r - 1.5, rng) if kind != 'square' else m
+            img[edge] *= 0.6
+        objects.append((cls + 1, m))
+        occupied |= m
+    objects = [(c, m) for c, m in objects if m.sum() >= 12]
+    return np.clip(img, 0, 255).astype(np.uint8), objects, stuff
+
+
+def _bbox(mask):
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+            float(ys.max() - ys.min() + 1)]
+
+
+def _id2rgb(ids):
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], -1).astype(np.uint8)
+
+
+def write_coco(root, split, num_images, seed=0, min_size=96, max_size=160, max_objects=8,
+               progress=None):
+    """Writes the split as a COCO-format folder under `root` (atomically:
+    an interrupted run leaves nothing half-written). Returns the paths."""
+    from pycocotools import mask as mask_utils
+    final = os.path.join(root, split)
+    if os.path.exists(os.path.join(final, 'DONE')):
+        return _paths(final, split)
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{split}-', dir=root)
+    os.makedirs(os.path.join(tmp, 'images'))
+    os.makedirs(os.path.join(tmp, f'panoptic_{split}'))
+    images, anns, pan_anns, ann_id = [], [], [], 1
+    for i in range(num_images):
+        img, objects, stuff = render(seed, split, i, min_size, max_size, max_objects)
+        h, w = img.shape[:2]
+        image_id = i + 1
+        fname = f'{image_id:06d}.png'
+        Image.fromarray(img).save(os.path.join(tmp, 'images', fname))
+        images.append({'id': image_id, 'file_name': fname, 'height': h, 'width': w})
+        seg_map, segments = np.zeros((h, w), np.int64), []
+        for k, (cat, m) in enumerate(objects):
+            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            rle['counts'] = rle['counts'].decode('ascii')
+            anns.append({'id': ann_id, 'image_id': image_id, 'category_id': cat,
+                         'bbox': _bbox(m), 'area': float(m.sum()), 'iscrowd': 0,
+                         'segmentation': rle})
+            ann_id += 1
+            seg_map[m] = k + 1
+            segments.append({'id': k + 1, 'category_id': cat, 'iscrowd': 0,
+                             'bbox': _bbox(m), 'area': int(m.sum())})
+        for cat in np.unique(stuff[stuff > 0]):
+            m = (stuff == cat) & (seg_map == 0)
+            if m.sum() == 0:
+                continue
+            sid = len(segments) + 1
+            seg_map[m] = sid
+            segments.append({'id': sid, 'category_id': int(cat), 'iscrowd': 0,
+                             'bbox': _bbox(m), 'area': int(m.sum())})
+        png = fname
+        Image.fromarray(_id2rgb(seg_map)).save(os.path.join(tmp, f'panoptic_{split}', png))
+        pan_anns.append({'image_id': image_id, 'file_name': png, 'segments_info': segments})
+        if progress and (i + 1) % 200 == 0:
+            progress(i + 1, num_images)
+    with open(os.path.join(tmp, f'instances_{split}.json'), 'w') as f:
+        json.dump({'images': images, 'annotations': anns, 'categories': categories()}, f)
+    with open(os.path.join(tmp, f'panoptic_{split}.json'), 'w') as f:
+        json.dump({'images': images, 'annotations': pan_anns,
+                   'categories': categories(panoptic=True)}, f)
+    open(os.path.join(tmp, 'DONE'), 'w').close()
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return _paths(final, split)
+
+
+def _paths(folder, split):
+    return {'images': os.path.join(folder, 'images'),
+            'instances': os.path.join(folder, f'instances_{split}.json'),
+            'panoptic_json': os.path.join(folder, f'panoptic_{split}.json'),
+            'panoptic_png': os.path.join(folder, f'panoptic_{split}')}

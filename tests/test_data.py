@@ -1,0 +1,196 @@
+"""Input pipeline I: synthetic set, transforms, buckets, resumable order."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detr_jax.config_defaults import base_config
+from detr_jax.data import synthetic
+from detr_jax.data.coco_format import DataError, load_panoptic
+from detr_jax.data.datasets import build_source
+from detr_jax.data.pipeline import InputPipeline, eval_batches, plan_train_epoch
+from detr_jax.data.transforms import choose_bucket, get_size_with_aspect_ratio
+
+COLORS = {0: (255, 0, 0), 1: (0, 255, 0)}
+BUCKETS = ((64, 64), (64, 96), (96, 64), (96, 96), (96, 128), (128, 96), (128, 128), (128, 192),
+           (192, 128), (192, 192))
+
+
+def small_data_cfg(**kw):
+    c = base_config().data
+    c.update(dict(scales=(64, 80, 96, 112, 128), max_size=192, crop_resize=(80, 100), crop_min=40,
+                  crop_max=90, eval_size=96, eval_max_size=192, buckets=BUCKETS,
+                  eval_buckets=BUCKETS, batch_size=4, eval_batch_size=4, max_boxes=4, seed=3))
+    c.update(kw)
+    return c
+
+
+@pytest.fixture(scope='module')
+def rect_folder(tmp_path_factory):
+    """Images with two solid rectangles (red = class 0, green = class 1) on a
+    black background, as a COCO panoptic folder."""
+    root = tmp_path_factory.mktemp('rects')
+    (root / 'images').mkdir()
+    (root / 'png').mkdir()
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(24):
+        h, w = int(rng.integers(60, 140)), int(rng.integers(60, 140))
+        img, ids, segs = np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.int32), []
+        for k in (0, 1):
+            for _ in range(50):  # disjoint rectangles, 4 px apart
+                y0, x0 = int(rng.integers(0, h - 12)), int(rng.integers(0, w - 12))
+                y1, x1 = int(rng.integers(y0 + 10, h + 1)), int(rng.integers(x0 + 10, w + 1))
+                if not ids[max(y0 - 4, 0):y1 + 4, max(x0 - 4, 0):x1 + 4].any():
+                    img[y0:y1, x0:x1] = COLORS[k]
+                    ids[y0:y1, x0:x1] = k + 1
+                    break
+        for k in (0, 1):
+            ys, xs = np.nonzero(ids == k + 1)
+            if len(ys):
+                segs.append({'id': k + 1, 'category_id': 10 + k, 'iscrowd': 0,
+                             'bbox': [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                                      int(ys.max() - ys.min() + 1)], 'area': len(ys)})
+        name = f'{i}.png'
+        Image.fromarray(img).save(root / 'images' / name)
+        rgb = np.stack([ids, np.zeros_like(ids), np.zeros_like(ids)], -1).astype(np.uint8)
+        Image.fromarray(rgb).save(root / 'png' / name)
+        images.append({'id': 100 + i, 'file_name': name, 'height': h, 'width': w})
+        anns.append({'image_id': 100 + i, 'file_name': name, 'segments_info': segs})
+    cats = [{'id': 10, 'name': 'red', 'isthing': 1}, {'id': 11, 'name': 'green', 'isthing': 1}]
+    with open(root / 'pan.json', 'w') as f:
+        json.dump({'images': images, 'annotations': anns, 'categories': cats}, f)
+    return load_panoptic(str(root / 'pan.json'), str(root / 'images'), str(root / 'png'))
+
+
+def _check_batch(batch, buckets):
+    assert tuple(batch['images'].shape[1:3]) in buckets
+    for b in range(len(batch['images'])):
+        h, w = batch['size'][b]
+        pm = batch['pixel_mask'][b]
+        assert pm[:h, :w].all() and pm.sum() == h * w  # True exactly on the real region
+        assert (batch['images'][b][~pm] == 0).all()
+        img = batch['images'][b].astype(int)
+        for j in np.flatnonzero(batch['valid'][b]):
+            lab = batch['labels'][b, j]
+            strong = (img[..., lab] > 200) & (img[..., 1 - lab] < 40)  # the object's own colour
+            cx, cy, bw, bh = batch['boxes'][b, j] * np.array([w, h, w, h])
+            x0, y0, x1, y1 = cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
+            assert -1e-3 <= x0 and x1 <= w + 1e-3 and -1e-3 <= y0 and y1 <= h + 1e-3
+            if min(bw, bh) < 3:
+                continue  # a sliver left by a crop: its pixels are blurred away
+            ys, xs = np.nonzero(strong)
+            assert len(ys) > 0, (int(batch['image_id'][b]), int(lab), img.reshape(-1, 3).max(0), float(cy), float(bh), int(h), int(w))
+            # the box encloses the object's pixels (1.5 px for resampling) ...
+            assert xs.min() >= x0 - 1.5 and xs.max() + 1 <= x1 + 1.5
+            assert ys.min() >= y0 - 1.5 and ys.max() + 1 <= y1 + 1.5
+            # ... and tightly (antialiased downscaling blurs a few edge pixels)
+            assert xs.min() <= x0 + 4 and xs.max() + 1 >= x1 - 4
+            assert ys.min() <= y0 + 4 and ys.max() + 1 >= y1 - 4
+            # the mask stays aligned with the pixels
+            m = batch['masks'][b, j]
+            half = (img[..., lab] >= 128) & (img[..., 1 - lab] < 128)
+            if half.sum() >= 30:
+                my, mx = np.nonzero(m)
+                hy, hx = np.nonzero(half)
+                ext = lambda y, x: np.array([x.min(), x.max(), y.min(), y.max()])  # noqa: E731
+                assert np.abs(ext(my, mx) - ext(hy, hx)).max() <= 2.5  # nearest vs bilinear at 2x
+                if min(hx.max() - hx.min(), hy.max() - hy.min()) >= 6:  # not a sliver
+                    iou = (m & half).sum() / max((m | half).sum(), 1)
+                    assert iou > 0.8, iou
+        assert not batch['masks'][b][~batch['valid'][b]].any()
+
+
+def test_transform_geometry(rect_folder):
+    cfg = small_data_cfg()
+    pipe = InputPipeline(rect_folder, cfg, with_masks=True)
+    it = iter(pipe)
+    seen_crop = seen_flip = 0
+    for _ in range(18):  # three epochs of 6 batches
+        plan = pipe.plan(pipe.position['epoch'])[pipe.position['batch']]
+        seen_crop += sum(p.params.crop[2:] != p.params.resize1 for p in plan[1])
+        seen_flip += sum(p.params.flip for p in plan[1])
+        _check_batch(next(it), BUCKETS)
+    assert seen_crop > 5 and seen_flip > 5  # every transform was exercised
+    for batch in eval_batches(rect_folder, cfg, with_masks=True):
+        _check_batch(batch, BUCKETS)
+
+
+def test_resume_equals_uninterrupted(rect_folder):
+    cfg = small_data_cfg()
+    full = InputPipeline(rect_folder, cfg)
+    it = iter(full)
+    k, positions, ref = 7, [], []
+    for _ in range(12):  # crosses epoch boundaries
+        ref.append(next(it))
+        positions.append(dict(full.position))
+    assert positions[-1]['epoch'] >= 1
+    resumed = InputPipeline(rect_folder, cfg)  # a new process: only the position survives
+    resumed.restore(positions[k - 1])
+    it2 = iter(resumed)
+    for a in ref[k:]:
+        b = next(it2)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_same_seed_same_batches_other_seed_differs(rect_folder):
+    a = plan_train_epoch(rect_folder, small_data_cfg(), 0)
+    b = plan_train_epoch(rect_folder, small_data_cfg(), 0)
+    c = plan_train_epoch(rect_folder, small_data_cfg(seed=4), 0)
+    ids = lambda p: [[x.index for x in items] for _, items in p]  # noqa: E731
+    assert ids(a) == ids(b) and ids(a) != ids(c)
+    assert ids(a) != ids(plan_train_epoch(rect_folder, small_data_cfg(), 1))
+
+
+def test_max_boxes_error_names_image_and_truncation(rect_folder):
+    with pytest.raises(DataError, match=r'\.png \(image id \d+\): 2 objects exceed max_boxes=1'):
+        plan_train_epoch(rect_folder, small_data_cfg(max_boxes=1), 0)
+    plan = plan_train_epoch(rect_folder, small_data_cfg(max_boxes=1, truncate_boxes=True), 0)
+    assert all(len(x.labels) <= 1 for _, items in plan for x in items)
+
+
+def test_bucket_choice_and_sizes():
+    assert get_size_with_aspect_ratio(480, 640, 800, 1333) == (800, 1066)
+    assert get_size_with_aspect_ratio(480, 1600, 800, 1333) == (400, 1333)
+    assert choose_bucket(90, 60, BUCKETS) == (96, 64)
+    with pytest.raises(ValueError, match='fits none of the shape buckets'):
+        choose_bucket(500, 60, BUCKETS)
+
+
+def test_synthetic_export_scores_ap_one(tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    p = synthetic.write_coco(str(tmp_path), 'val', 30, seed=1)
+    gt = COCO(p['instances'])
+    dets = [{'image_id': a['image_id'], 'category_id': a['category_id'], 'bbox': a['bbox'],
+             'score': 1.0} for a in gt.dataset['annotations']]
+    assert len(dets) > 60
+    ev = COCOeval(gt, gt.loadRes(dets), 'bbox')
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
+    pan = json.load(open(p['panoptic_json']))
+    assert {c['isthing'] for c in pan['categories']} == {0, 1}
+    assert any(s['category_id'] > 6 for a in pan['annotations'] for s in a['segments_info'])
+
+
+def test_synthetic_is_deterministic_and_varied():
+    a, oa, sa = synthetic.render(0, 'train', 5)
+    b, ob, sb = synthetic.render(0, 'train', 5)
+    np.testing.assert_array_equal(a, b)
+    counts = [len(synthetic.render(0, 'train', i)[1]) for i in range(60)]
+    assert 0 in counts and max(counts) >= 5
+    classes = {c for i in range(60) for c, _ in synthetic.render(0, 'train', i)[1]}
+    assert classes == set(range(1, 7))
+
+
+def test_synthetic_source_through_pipeline(tmp_path):
+    cfg = small_data_cfg(dataset='synthetic', num_train=40, num_val=8, cache_dir=str(tmp_path),
+                         max_boxes=10)
+    src = build_source(cfg, 'train')
+    assert len(src) == 40 and src.num_classes == 6
+    batch = next(iter(InputPipeline(src, cfg)))
+    assert batch['images'].dtype == np.uint8 and batch['valid'].any()
