@@ -47,6 +47,7 @@ def base_config():
         eval_every=-1,   # steps; -1: at the end of training only
         num_vis_images=4, profile=False, init_from='', reinit_class_head=False,
         eval_max_images=-1,
+        inject_nan_at_step=0,  # fault injection: a NaN loss at this step (tests)
     ))
     c.seed = 0
     return c

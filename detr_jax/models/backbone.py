@@ -18,6 +18,7 @@ RESNETS = {
     'resnet101': ('bottleneck', (3, 4, 23, 3), 64),
     'resnet_tiny': ('basic', (1, 1, 1, 1), 8),  # for tests and the demo
     'resnet_tiny_bottleneck': ('bottleneck', (1, 1, 1, 1), 8),  # tests
+    'resnet_small': ('basic', (1, 1, 1, 1), 32),  # the CPU demo
 }
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
 

@@ -1,0 +1,36 @@
+"""The `detr-jax` console script: train | eval | convert | predict."""
+import sys
+
+USAGE = """usage: detr-jax COMMAND [options]
+  train    --config=configs/X.py --workdir=DIR [--config.a.b=v ...]
+  eval     --config=configs/X.py --workdir=DIR
+  convert  SRC --out DIR [--dilation]   (official .pth or Hugging Face -> orbax)
+  predict  --checkpoint=DIR IMAGE [IMAGE ...] [--out=DIR] [--threshold=0.5]
+"""
+
+
+def main(argv=None):
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ('-h', '--help'):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[1], argv[2:]
+    if cmd in ('train', 'eval'):
+        from absl import app
+        from detr_jax import main as entry
+        mode = 'train_and_eval' if cmd == 'train' else 'eval'
+        sys.argv = [f'detr-jax {cmd}', f'--mode={mode}'] + rest
+        app.run(entry.main)
+        return 0
+    if cmd == 'convert':
+        from detr_jax import convert
+        return convert.cli(rest)
+    if cmd == 'predict':
+        from detr_jax import predict
+        return predict.cli(rest)
+    print(f'detr-jax: unknown command {cmd!r}\n{USAGE}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

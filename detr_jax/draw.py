@@ -1,0 +1,72 @@
+"""Pictures: predicted (and ground-truth) boxes with names and scores."""
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# a legible, colour-blind-aware palette (Okabe-Ito + extras)
+PALETTE = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
+           (213, 94, 0), (204, 121, 167), (255, 255, 255), (120, 200, 80), (180, 120, 255))
+
+
+def draw_boxes(image, boxes, labels, scores=None, label_map=None, gt_boxes=None, scale=1):
+    """image uint8 [H, W, 3]; boxes [N, 4] xyxy pixels -> uint8 picture.
+
+    Labels read "name 0.87"; text is kept inside the image. Ground-truth
+    boxes, if given, are drawn thin and white underneath.
+    """
+    img = Image.fromarray(np.asarray(image, np.uint8))
+    if scale != 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    w, h = img.size
+    for b in (gt_boxes if gt_boxes is not None else []):
+        draw.rectangle([float(v) * scale for v in b], outline=(255, 255, 255), width=1)
+    for i, b in enumerate(np.asarray(boxes).reshape(-1, 4)):
+        lab = int(labels[i])
+        color = PALETTE[lab % len(PALETTE)]
+        x0, y0, x1, y1 = (float(v) * scale for v in b)
+        draw.rectangle([x0, y0, x1, y1], outline=color, width=2)
+        name = label_map[lab]['name'] if label_map and lab in label_map else str(lab)
+        text = name if scores is None else f'{name} {float(scores[i]):.2f}'
+        tw, th = draw.textbbox((0, 0), text, font=font)[2:]
+        tx = min(max(x0, 0), max(w - tw - 2, 0))
+        ty = y0 - th - 2 if y0 - th - 2 >= 0 else min(y0 + 2, max(h - th - 2, 0))
+        draw.rectangle([tx, ty, tx + tw + 2, ty + th + 1], fill=color)
+        draw.text((tx + 1, ty), text, fill=(0, 0, 0), font=font)
+    return np.asarray(img)
+
+
+def grid(images, cols=4, pad=4):
+    """Tiles uint8 images of different sizes into one picture."""
+    rows = [images[i:i + cols] for i in range(0, len(images), cols)]
+    hs = [max(im.shape[0] for im in r) for r in rows]
+    wmax = max(sum(im.shape[1] for im in r) + pad * (len(r) - 1) for r in rows)
+    out = np.full((sum(hs) + pad * (len(rows) - 1), wmax, 3), 255, np.uint8)
+    y = 0
+    for r, rh in zip(rows, hs):
+        x = 0
+        for im in r:
+            out[y:y + im.shape[0], x:x + im.shape[1]] = im
+            x += im.shape[1] + pad
+        y += rh + pad
+    return out
+
+
+def draw_eval_samples(samples, label_map, threshold=0.5, max_images=8, scale=2):
+    """Pictures of predictions (score > threshold) on eval batches, in the
+    resized image (what the model saw), ground truth in white."""
+    pics = []
+    for batch, dets in samples:
+        for i in range(len(batch['image_id'])):
+            if batch['image_id'][i] < 0 or len(pics) >= max_images:
+                continue
+            h, w = batch['size'][i]
+            oh, ow = batch['orig_size'][i]
+            s = np.array([w / ow, h / oh, w / ow, h / oh])
+            keep = dets['scores'][i] > threshold
+            gt = batch['boxes'][i][batch['valid'][i]] * np.array([w, h, w, h])
+            gt = np.concatenate([gt[:, :2] - gt[:, 2:] / 2, gt[:, :2] + gt[:, 2:] / 2], -1)
+            pics.append(draw_boxes(batch['images'][i][:h, :w], dets['boxes'][i][keep] * s,
+                                   dets['labels'][i][keep], dets['scores'][i][keep], label_map,
+                                   gt_boxes=gt, scale=scale))
+    return grid(pics) if pics else None

@@ -1,0 +1,64 @@
+"""The optimizer: AdamW on every trainable parameter (weight decay
+included), backbone at its own learning rate, frozen stages untouched,
+global-norm clipping over the trainable gradients, a step lr drop."""
+import jax
+import optax
+from flax import traverse_util
+
+
+
+def _stage(name):
+    if name.startswith('layer'):
+        return name.split('_')[0]
+    return 'stem'  # conv1, bn1
+
+
+def param_labels(params, model_cfg, lr_backbone):
+    """'frozen' | 'backbone' | 'default' for every parameter."""
+    flat = traverse_util.flatten_dict(params)
+    train_stages = set(model_cfg.train_stages) if lr_backbone > 0 else set()
+    labels = {}
+    for path in flat:
+        if 'backbone' in path:
+            stage = _stage(path[path.index('backbone') + 1])
+            labels[path] = 'backbone' if stage in train_stages else 'frozen'
+        else:
+            labels[path] = 'default'
+    return traverse_util.unflatten_dict(labels)
+
+
+def lr_schedules(cfg, steps_per_epoch):
+    drop = int(cfg.lr_drop_epochs * steps_per_epoch)
+
+    def make(base):
+        sched = optax.piecewise_constant_schedule(base, {drop: cfg.lr_drop_factor}) \
+            if drop > 0 else optax.constant_schedule(base)
+        if cfg.warmup_steps > 0:
+            warm = optax.linear_schedule(0.0, base, cfg.warmup_steps)
+            sched = optax.join_schedules([warm, sched], [cfg.warmup_steps])
+        return sched
+
+    return make(cfg.lr), make(cfg.lr_backbone)
+
+
+def build_optimizer(params, optim_cfg, model_cfg, steps_per_epoch):
+    """Returns (optax transformation, labels tree, (lr schedule, backbone lr
+    schedule))."""
+    labels = param_labels(params, model_cfg, optim_cfg.lr_backbone)
+    frozen = jax.tree_util.tree_map(lambda l: l == 'frozen', labels)
+    lr, lr_bb = lr_schedules(optim_cfg, steps_per_epoch)
+    adamw = lambda s: optax.adamw(s, b1=0.9, b2=0.999, eps=1e-8,  # noqa: E731
+                                  weight_decay=optim_cfg.weight_decay)
+    tx = optax.chain(
+        # frozen gradients must not count in the clipping norm
+        optax.masked(optax.set_to_zero(), frozen),
+        optax.clip_by_global_norm(optim_cfg.clip_norm) if optim_cfg.clip_norm > 0
+        else optax.identity(),
+        optax.multi_transform({'default': adamw(lr), 'backbone': adamw(lr_bb),
+                               'frozen': optax.set_to_zero()}, labels),
+    )
+    if optim_cfg.grad_accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=optim_cfg.grad_accum_steps)
+    return tx, labels, (lr, lr_bb)
+
+

@@ -1,0 +1,358 @@
+"""`train_and_evaluate(config, workdir)`: the main job.
+
+One `jax.sharding.Mesh` with a 'data' axis over every device of every host;
+the state is replicated, batches are sharded on 'data' and built with
+`jax.make_array_from_process_local_data`; `train_step` is a pure
+module-level function jitted once (XLA compiles it once per bucket shape).
+Orbax checkpoints hold the state and the data position; a run resumes from
+the latest one by itself; SIGTERM writes one before exiting; a non-finite
+loss stops the run naming the step and the terms, and writes nothing.
+"""
+import functools
+import json
+import logging
+import os
+import signal
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from clu import metric_writers, periodic_actions
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from detr_jax import evaluate
+from detr_jax.data.datasets import build_source
+from detr_jax.data.normalize import normalize
+from detr_jax.data.pipeline import InputPipeline
+from detr_jax.losses import set_criterion, weight_dict
+from detr_jax.models import build_model, validate_image_size
+from detr_jax.optim import build_optimizer
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: dict
+    batch_stats: dict
+    opt_state: optax.OptState
+
+
+def make_mesh():
+    return Mesh(np.array(jax.devices()), ('data',))
+
+
+def validate_config(config):
+    """Cross-section checks that name the offending key."""
+    d, m = config.data, config.model
+    if d.max_boxes > m.num_queries:
+        raise ValueError(f'config.data.max_boxes={d.max_boxes} exceeds config.model.num_queries='
+                         f'{m.num_queries}: every target needs its own query')
+    for name in ('buckets', 'eval_buckets'):
+        for hw in d[name]:
+            validate_image_size(m, *hw, where=f'config.data.{name} entry')
+    n = jax.device_count()
+    for name in ('batch_size', 'eval_batch_size'):
+        if d[name] % n:
+            raise ValueError(f'config.data.{name}={d[name]} must be divisible by the {n} devices')
+    if config.matcher.solver not in ('scipy', 'optax'):
+        raise ValueError(f"config.matcher.solver={config.matcher.solver!r}: 'scipy' or 'optax'")
+    if d.on_bad_input not in ('error', 'skip'):
+        raise ValueError(f"config.data.on_bad_input={d.on_bad_input!r}: 'error' or 'skip'")
+
+
+def train_step(state, batch, rng, *, model, config, tx, mesh, norm_trainable):
+    """One optimizer step -> (state, metrics). Pure; jitted by the caller."""
+    rng = jax.random.fold_in(rng, state.step)
+    mask = batch['pixel_mask']
+    images = normalize(batch['images'], mask)
+    targets = {k: batch[k] for k in ('labels', 'boxes', 'valid', 'masks') if k in batch}
+
+    def loss_fn(params):
+        variables = {'params': params, 'batch_stats': state.batch_stats}
+        if norm_trainable:
+            out, upd = model.apply(variables, images, mask, train=True, rngs={'dropout': rng},
+                                   mutable=['batch_stats'])
+        else:
+            out, upd = model.apply(variables, images, mask, train=True,
+                                   rngs={'dropout': rng}), {}
+        loss, metrics = set_criterion(out, targets, config, mesh=mesh)
+        nan_at = config.train.get('inject_nan_at_step', 0)
+        if nan_at:  # fault injection, for testing the non-finite guard
+            loss = loss * jnp.where(state.step + 1 == nan_at, jnp.nan, 1.0)
+            metrics['loss'] = loss
+        return loss, (metrics, upd)
+
+    (loss, (metrics, upd)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    batch_stats = upd.get('batch_stats', state.batch_stats) if norm_trainable else state.batch_stats
+    metrics['grad_norm'] = optax.global_norm(grads)
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state), metrics
+
+
+def _dummy_inputs(config):
+    h, w = config.data.buckets[0]
+    return jnp.zeros((1, h, w, 3), jnp.float32), jnp.ones((1, h, w), bool)
+
+
+def init_state(model, config, tx_fn, mesh, rng):
+    """The state, created already replicated over the mesh."""
+    replicated = NamedSharding(mesh, P())
+
+    def init(rng):
+        variables = model.init(rng, *_dummy_inputs(config))
+        params = variables['params']
+        tx = tx_fn(params)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=variables.get('batch_stats', {}),
+                          opt_state=tx.init(params))
+
+    abstract = jax.eval_shape(init, rng)
+    shardings = jax.tree_util.tree_map(lambda _: replicated, abstract)
+    return jax.jit(init, out_shardings=shardings)(rng), shardings
+
+
+def _load_pretrained(state, config, model):
+    """Starts from a converted/official checkpoint; optionally a fresh class
+    head for a new class count (reported in the log)."""
+    from detr_jax.convert import load_checkpoint
+    _, variables = load_checkpoint(config.train.init_from)
+    params = flax.core.unfreeze(variables['params'])
+    ours = flax.core.unfreeze(state.params)
+    head = ('detr', 'class_embed') if 'detr' in ours else ('class_embed',)
+
+    def get(tree, path):
+        for p in path:
+            tree = tree[p]
+        return tree
+    theirs_head = get(params, head)['dense']['kernel'].shape
+    ours_head = get(ours, head)['dense']['kernel'].shape
+    if theirs_head != ours_head:
+        if not config.train.reinit_class_head:
+            raise ValueError(f'{config.train.init_from}: class head {theirs_head} != model '
+                             f'{ours_head}; set config.train.reinit_class_head=True to start a '
+                             'new head for this dataset')
+        parent = get(params, head[:-1])
+        parent[head[-1]] = get(ours, head)
+        logging.info('re-initialized the class head: %s -> %s', theirs_head, ours_head)
+    new_params = jax.tree_util.tree_map(lambda a, b: jnp.asarray(b, a.dtype), state.params, params)
+    new_stats = jax.tree_util.tree_map(lambda a, b: jnp.asarray(b, a.dtype), state.batch_stats,
+                                       variables.get('batch_stats', {}))
+    return state.replace(params=new_params, batch_stats=new_stats)
+
+
+class _Preemption:
+    """SIGTERM (a preempted spot/preemptible TPU VM) -> checkpoint, then exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning('SIGTERM received: writing a checkpoint before exiting')
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._old)
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def _checkpoint_manager(workdir, config):
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
+                                           enable_async_checkpointing=True, create=True)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+                                 options=options, item_names=('state', 'meta'))
+
+
+def _save(mngr, step, state, position, config, label_map):
+    meta = {'position': position, 'config': json.loads(config.to_json_best_effort()),
+            'label_map': {str(k): v for k, v in label_map.items()}}
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            meta=ocp.args.JsonSave(meta)))
+
+
+def restore_latest(mngr, abstract_state):
+    step = mngr.latest_step()
+    if step is None:
+        return None, None, None
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return step, restored['state'], restored['meta']
+
+
+def _enable_compilation_cache():
+    """JAX's persistent compilation cache (bucket shapes compile once per
+    machine, not once per run), unless the user configured one."""
+    if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+        path = os.path.join(os.path.expanduser('~'), '.cache', 'detr_jax', 'jit')
+        jax.config.update('jax_compilation_cache_dir', path)
+        jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+    """Trains (resuming from `workdir` if it has checkpoints) and evaluates.
+
+    Returns the final evaluation metrics (COCO AP) or {} if evaluation is off.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    validate_config(config)
+    _enable_compilation_cache()
+    mesh = make_mesh()
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+    source = build_source(config.data, 'train')
+    if source.num_classes > config.model.num_classes:
+        raise ValueError(f'config.model.num_classes={config.model.num_classes} is smaller than '
+                         f'the {source.num_classes} classes of {source.name}')
+    with_masks = bool(config.model.masks)
+    pipeline = InputPipeline(source, config.data, jax.process_index(), jax.process_count(),
+                             with_masks=with_masks)
+    steps_per_epoch = len(pipeline.plan(0))
+    total_steps = (config.train.max_steps if config.train.max_steps > 0
+                   else config.train.epochs * steps_per_epoch)
+    model = build_model(config.model)
+    tx_holder = {}
+
+    def tx_fn(params):
+        tx, labels, scheds = build_optimizer(params, config.optim, config.model, steps_per_epoch)
+        tx_holder.update(tx=tx, labels=labels, scheds=scheds)
+        return tx
+
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, step_rng = jax.random.split(rng)
+    state, shardings = init_state(model, config, tx_fn, mesh, init_rng)
+    mngr = _checkpoint_manager(workdir, config)
+    step, restored, meta = restore_latest(mngr, jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings))
+    if step is not None:
+        state = restored
+        pipeline.restore(meta['position'])
+        logging.info('resumed from step %d at data position %s', step, meta['position'])
+    elif config.train.init_from:
+        state = _load_pretrained(state, config, model)
+    tx = tx_holder['tx']
+    step_fn = jax.jit(functools.partial(
+        train_step, model=model, config=config, tx=tx, mesh=mesh,
+        norm_trainable=config.model.norm == 'bn'), donate_argnums=(0,))
+    data_sharding = NamedSharding(mesh, P('data'))
+    weights = weight_dict(config.loss, config.model.dec_layers - 1 if config.model.aux_loss else 0,
+                          with_masks)
+    report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                             every_secs=30)
+    hooks = [report]
+    if config.train.profile and jax.process_index() == 0:
+        hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
+    preempt = _Preemption()
+    lr_sched, lr_bb_sched = tx_holder['scheds']
+    first = int(state.step)
+    logging.info('training %s: %d steps (%d per epoch), %d devices', source.name, total_steps,
+                 steps_per_epoch, jax.device_count())
+    sums, n_sum, t0 = {}, 0, time.time()
+    last_metrics = {}
+    it = iter(pipeline)
+    try:
+        for cur in range(first, total_steps):
+            batch = next(it)
+            position = dict(pipeline.position)
+            gbatch = {k: jax.make_array_from_process_local_data(data_sharding, v)
+                      for k, v in batch.items() if k not in ('image_id', 'orig_size')}
+            with jax.profiler.StepTraceAnnotation('train', step_num=cur):
+                state, metrics = step_fn(state, gbatch, step_rng)
+            metrics = jax.device_get(metrics)
+            if not np.isfinite(metrics['loss']):
+                bad = {k: float(v) for k, v in metrics.items()}
+                raise NonFiniteLoss(f'non-finite loss at step {cur + 1}: {bad}; the last good '
+                                    f'checkpoint (step {mngr.latest_step()}) is kept')
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n_sum += 1
+            done = cur + 1
+            for h in hooks:
+                h(done)
+            if done % config.train.log_every == 0 or done == total_steps:
+                dt = time.time() - t0
+                scalars = {f'train/{k}': v / n_sum for k, v in sums.items()}
+                scalars.update({f'train/{k}_weighted': scalars[f'train/{k}'] * w
+                                for k, w in weights.items() if f'train/{k}' in scalars})
+                scalars.update({'train/lr': float(lr_sched(done)),
+                                'train/lr_backbone': float(lr_bb_sched(done)),
+                                'train/steps_per_sec': n_sum / dt,
+                                'train/images_per_sec': n_sum * config.data.batch_size / dt})
+                writer.write_scalars(done, scalars)
+                last_metrics = scalars
+                sums, n_sum, t0 = {}, 0, time.time()
+            if done % config.train.checkpoint_every == 0 or done == total_steps or preempt.requested:
+                _save(mngr, done, state, position, config, source.label_map)
+            if preempt.requested:
+                mngr.wait_until_finished()
+                logging.warning('checkpoint at step %d written; exiting on SIGTERM', done)
+                return {'preempted_at': done}
+            if config.train.eval_every > 0 and done % config.train.eval_every == 0 \
+                    and done != total_steps:
+                run_eval(model, state, config, mesh, writer, workdir, done)
+    finally:
+        mngr.wait_until_finished()
+        preempt.restore()
+    result = {}
+    if config.train.eval_every != 0:
+        result = run_eval(model, state, config, mesh, writer, workdir, int(state.step))
+    writer.flush()
+    result.update(last_metrics)
+    return result
+
+
+def run_eval(model, state, config, mesh, writer, workdir, step):
+    """COCO AP on the validation split, pictures of predictions."""
+    from detr_jax import draw
+    source = build_source(config.data, 'val')
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    t = time.time()
+    results, ids, samples = evaluate.predict(model, variables, source, config.data, mesh,
+                                             max_images=config.train.eval_max_images)
+    metrics = evaluate.coco_ap(source.ann_file, results, ids,
+                               out_json=os.path.join(workdir, 'eval', f'results_{step}.json'))
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
+    logging.info('eval at step %d (%d images, %.0fs):\n%s', step, len(ids), time.time() - t,
+                 evaluate.format_table(metrics))
+    pic = draw.draw_eval_samples(samples, source.label_map, max_images=config.train.num_vis_images)
+    if pic is not None and jax.process_index() == 0:
+        from PIL import Image
+        path = os.path.join(workdir, 'eval', f'predictions_{step}.png')
+        Image.fromarray(pic).save(path)
+        writer.write_images(step, {'eval/predictions': pic[None]})
+        metrics['picture'] = path
+    return metrics
+
+
+def evaluate_checkpoint(config, workdir):
+    """--mode=eval: COCO AP of the latest checkpoint in `workdir`, or of
+    `config.train.init_from` (a converted or official checkpoint)."""
+    from detr_jax import checkpoints
+    from detr_jax.convert import load_checkpoint
+    validate_config(config)
+    mesh = make_mesh()
+    model = build_model(config.model)
+    if checkpoints.is_workdir(workdir):
+        _, variables, step = checkpoints.load_workdir(workdir)
+    elif config.train.init_from:
+        _, variables = load_checkpoint(config.train.init_from)
+        step = 0
+    else:
+        raise FileNotFoundError(f'{workdir}: no checkpoints to evaluate and no '
+                                'config.train.init_from')
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    state = TrainState(step=jnp.asarray(step), params=variables['params'],
+                       batch_stats=variables.get('batch_stats', {}), opt_state=None)
+    metrics = run_eval(model, state, config, mesh, writer, workdir, step)
+    writer.flush()
+    print(evaluate.format_table(metrics))
+    return metrics

@@ -1,0 +1,199 @@
+"""Training loop: overfitting, sharding, resume after SIGKILL, SIGTERM,
+non-finite loss, frozen parameters, backbone lr, config errors."""
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import tiny_config
+from detr_jax import checkpoints, train
+from detr_jax.data.datasets import build_source
+from detr_jax.data.pipeline import InputPipeline
+from detr_jax.models import build_model
+from detr_jax.optim import build_optimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, 'tests', 'tiny_config.py')
+
+
+@pytest.fixture(scope='module')
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('synthetic'))
+
+
+def _config(cache_dir, **train_kw):
+    c = tiny_config.get_config()
+    c.data.cache_dir = cache_dir
+    c.train.update(train_kw)
+    return c
+
+
+def _setup(c, devices):
+    mesh = Mesh(np.array(devices), ('data',))
+    model = build_model(c.model)
+    holder = {}
+
+    def tx_fn(p):
+        holder['tx'], holder['labels'], _ = build_optimizer(p, c.optim, c.model, 10)
+        return holder['tx']
+
+    state, _ = train.init_state(model, c, tx_fn, mesh, jax.random.PRNGKey(0))
+    step = jax.jit(functools.partial(train.train_step, model=model, config=c, tx=holder['tx'],
+                                     mesh=mesh, norm_trainable=False))
+    shard = NamedSharding(mesh, P('data'))
+
+    def run(state, batch):
+        g = {k: jax.make_array_from_process_local_data(shard, v) for k, v in batch.items()
+             if k not in ('image_id', 'orig_size')}
+        return step(state, g, jax.random.PRNGKey(1))
+    return state, run, holder
+
+
+def _batches(c, n):
+    it = iter(InputPipeline(build_source(c.data, 'train'), c.data))
+    return [next(it) for _ in range(n)]
+
+
+def test_overfit_fixed_batch(cache_dir):
+    c = _config(cache_dir)
+    (batch,) = _batches(c, 1)
+    state, run, _ = _setup(c, jax.devices())
+    losses = []
+    for _ in range(80):
+        state, m = run(state, batch)
+        losses.append(float(m['loss']))
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+
+
+def test_one_vs_four_devices(cache_dir):
+    c = _config(cache_dir)
+    batches = _batches(c, 3)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()[:4]):
+        state, run, _ = _setup(c, devices)
+        for b in batches:
+            state, m = run(state, b)
+        results.append((float(m['loss']), jax.device_get(state.params)))
+    assert abs(results[0][0] - results[1][0]) <= 1e-5 * abs(results[0][0])
+    for a, b in zip(jax.tree_util.tree_leaves(results[0][1]), jax.tree_util.tree_leaves(results[1][1])):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_parameters_and_backbone_lr(cache_dir):
+    c = _config(cache_dir)
+    c.model.dropout = 0.0
+    batches = _batches(c, 2)
+    state, run, holder = _setup(c, jax.devices())
+    before = jax.device_get(state)
+    state, _ = run(state, batches[0])
+    after1 = jax.device_get(state)
+    state, _ = run(state, batches[1])
+    after = jax.device_get(state)
+    bb0, bb1 = before.params['backbone'], after.params['backbone']
+    for stage in ('conv1', 'layer1_0'):  # the stem and layer1 are frozen
+        for a, b in zip(jax.tree_util.tree_leaves(bb0[stage]), jax.tree_util.tree_leaves(bb1[stage])):
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree_util.tree_leaves(before.batch_stats), jax.tree_util.tree_leaves(after.batch_stats)):
+        np.testing.assert_array_equal(a, b)  # frozen BN statistics
+    assert not np.array_equal(bb0['layer2_0']['conv1']['conv']['kernel'],
+                              bb1['layer2_0']['conv1']['conv']['kernel'])
+    # Adam's first step moves every weight by ~lr (|m/sqrt(v)| = 1): the
+    # backbone's step is lr_backbone = lr / 10.
+    d_bb = np.abs(after1.params['backbone']['layer3_0']['conv1']['conv']['kernel']
+                  - before.params['backbone']['layer3_0']['conv1']['conv']['kernel'])
+    d_tr = np.abs(after1.params['transformer']['encoder_layers_0']['ffn']['linear1']['kernel']
+                  - before.params['transformer']['encoder_layers_0']['ffn']['linear1']['kernel'])
+    ratio = np.median(d_bb) / np.median(d_tr)
+    assert 0.09 < ratio < 0.11, ratio
+
+
+def _train_cmd(workdir, cache_dir, *extra):
+    return [sys.executable, '-m', 'detr_jax.main', f'--config={CONFIG}', f'--workdir={workdir}',
+            '--mode=train', f'--config.data.cache_dir={cache_dir}', *extra]
+
+
+def _env():
+    env = dict(os.environ)
+    env['XLA_FLAGS'] = ''  # one CPU device in the subprocess
+    env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    return env
+
+
+def _params(workdir, step=None):
+    _, variables, s = checkpoints.load_workdir(workdir, step)
+    return s, variables['params']
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, cache_dir):
+    n = ['--config.train.max_steps=8', '--config.train.checkpoint_every=2']
+    full = tmp_path / 'full'
+    subprocess.run(_train_cmd(full, cache_dir, *n), env=_env(), check=True, capture_output=True)
+    killed = tmp_path / 'killed'
+    proc = subprocess.Popen(_train_cmd(killed, cache_dir, *n), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    ck = killed / 'checkpoints'
+    while time.time() < deadline and proc.poll() is None:
+        steps = [int(d) for d in os.listdir(ck) if d.isdigit()] if ck.exists() else []
+        if any(s >= 4 for s in steps):  # killed after its 2nd checkpoint
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
+    subprocess.run(_train_cmd(killed, cache_dir, *n), env=_env(), check=True, capture_output=True)
+    s1, p1 = _params(full)
+    s2, p2 = _params(killed)
+    assert s1 == s2 == 8
+    for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
+        np.testing.assert_array_equal(a, b)  # bitwise: data, dropout rng and XLA CPU are deterministic
+
+
+def test_sigterm_writes_checkpoint(tmp_path, cache_dir):
+    wd = tmp_path / 'wd'
+    proc = subprocess.Popen(_train_cmd(wd, cache_dir, '--config.train.max_steps=100000',
+                                       '--config.train.checkpoint_every=100000',
+                                       '--config.train.log_every=1'),
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = ''
+    while 'train/loss' not in seen:  # it is training
+        line = proc.stderr.readline()
+        assert line, 'training ended early'
+        seen += line
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    step, _ = _params(wd)
+    assert 0 < step < 100000
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache_dir):
+    wd = tmp_path / 'nan'
+    r = subprocess.run(_train_cmd(wd, cache_dir, '--config.train.max_steps=10',
+                                  '--config.train.checkpoint_every=2',
+                                  '--config.train.inject_nan_at_step=5'),
+                       env=_env(), capture_output=True, text=True)
+    assert r.returncode != 0
+    assert 'non-finite loss at step 5' in r.stderr and 'loss_ce' in r.stderr
+    step, params = _params(wd)
+    assert step == 4
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+
+
+@pytest.mark.parametrize('override,message', [
+    ('--config.model.hiden_dim=3', 'hiden_dim'),
+    ('--config.model.nheads=7', 'nheads'),
+    ('--config.data.max_boxes=50', 'max_boxes'),
+])
+def test_config_errors_name_the_key(tmp_path, cache_dir, override, message):
+    r = subprocess.run(_train_cmd(tmp_path / 'x', cache_dir, override), env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert message in r.stderr
