@@ -15,6 +15,7 @@ wrongly shaped tensor is an error that lists it.
 import json
 import os
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -343,6 +344,12 @@ def load_checkpoint(path, **overrides):
     DC5, `nheads`), on top of the file's own `args` / HF `config.json`.
     The config carries `label_map` (class index -> id, name, isthing).
     """
+    from detr_jax import checkpoints
+    if checkpoints.is_converted(str(path)):
+        cfg, variables = checkpoints.load_converted(str(path))
+        for k, v in overrides.items():
+            cfg[k] = v
+        return cfg, variables
     sd, args, hf_cfg, src = read_state_dict(path)
     extra = _hf_config_overrides(hf_cfg) if hf_cfg else {}
     extra.update(overrides)
@@ -355,3 +362,94 @@ def load_checkpoint(path, **overrides):
     cfg.label_map = ml_collections.ConfigDict(
         {str(k): v for k, v in _label_map(cfg.num_classes, hf_cfg).items()})
     return cfg, variables
+
+
+# --- published checkpoints ------------------------------------------------------
+
+# The original's releases (README and hubconf of facebookresearch/detr). The
+# hex in each file name is the start of the file's sha256, which torch.hub's
+# check_hash verifies; we verify the same prefix. COCO val5k results from the
+# original's README.
+PUBLISHED = {
+    'detr_resnet50': dict(file='detr-r50-e632da11.pth', sha256_prefix='e632da11',
+                          dilation=False, box_ap=42.0),
+    'detr_resnet50_dc5': dict(file='detr-r50-dc5-f0fb7ef5.pth', sha256_prefix='f0fb7ef5',
+                              dilation=True, box_ap=43.3),
+    'detr_resnet101': dict(file='detr-r101-2c7b67e5.pth', sha256_prefix='2c7b67e5',
+                           dilation=False, box_ap=43.5),
+    'detr_resnet101_dc5': dict(file='detr-r101-dc5-a2e86def.pth', sha256_prefix='a2e86def',
+                               dilation=True, box_ap=44.9),
+    'detr_resnet50_panoptic': dict(file='detr-r50-panoptic-00ce5173.pth',
+                                   sha256_prefix='00ce5173', dilation=False, box_ap=38.8,
+                                   pq=43.4),
+    'detr_resnet50_dc5_panoptic': dict(file='detr-r50-dc5-panoptic-da08f1b1.pth',
+                                       sha256_prefix='da08f1b1', dilation=True, box_ap=40.2,
+                                       pq=44.6),
+    'detr_resnet101_panoptic': dict(file='detr-r101-panoptic-40021d53.pth',
+                                    sha256_prefix='40021d53', dilation=False, box_ap=40.1,
+                                    pq=45.1),
+}
+DOWNLOAD_BASE = 'https://dl.fbaipublicfiles.com/detr/'
+
+
+def _sha256(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def from_pretrained(name_or_path, search_dirs=None, **overrides):
+    """(model_config, variables) for a published checkpoint name (looked up
+    as a local file, its sha256 prefix verified) or any path. Never
+    downloads: fetch the file yourself from the URL the error names."""
+    entry = PUBLISHED.get(name_or_path)
+    if entry is None:
+        base = os.path.basename(str(name_or_path))
+        entry = next((e for e in PUBLISHED.values() if e['file'] == base), None)
+        path = str(name_or_path)
+    else:
+        dirs = list(search_dirs or []) + [os.getcwd(),
+                                          os.path.expanduser('~/.cache/torch/hub/checkpoints'),
+                                          os.path.expanduser('~/.cache/detr_jax')]
+        path = next((os.path.join(d, entry['file']) for d in dirs
+                     if os.path.exists(os.path.join(d, entry['file']))), None)
+        if path is None:
+            raise CheckpointError(
+                f'{name_or_path}: {entry["file"]} not found in {dirs}; download it from '
+                f'{DOWNLOAD_BASE}{entry["file"]} (no network access at run time)')
+    if entry is not None and os.path.isfile(path):
+        digest = _sha256(path)
+        if not digest.startswith(entry['sha256_prefix']):
+            raise CheckpointError(f'{path}: sha256 {digest[:16]}... does not start with '
+                                  f'{entry["sha256_prefix"]}: not the published {entry["file"]}')
+        overrides.setdefault('dilation', entry['dilation'])
+    return load_checkpoint(path, **overrides)
+
+
+def cli(argv):
+    """detr-jax convert SRC --out DIR [--dilation] [--nheads N]"""
+    import argparse
+    from detr_jax import checkpoints
+    p = argparse.ArgumentParser(prog='detr-jax convert', description=cli.__doc__)
+    p.add_argument('src', help='official .pth, HF directory/file, or a published name')
+    p.add_argument('--out', required=True)
+    p.add_argument('--dilation', action='store_true', help='DC5 (tensors cannot tell)')
+    p.add_argument('--nheads', type=int, default=None)
+    a = p.parse_args(argv)
+    overrides = {'dilation': True} if a.dilation else {}
+    if a.nheads:
+        overrides['nheads'] = a.nheads
+    try:
+        cfg, variables = from_pretrained(a.src, **overrides)
+    except CheckpointError as e:
+        print(f'detr-jax convert: {e}', file=sys.stderr)
+        return 1
+    checkpoints.save_converted(a.out, cfg, variables)
+    n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(variables))
+    print(f'{a.src} -> {a.out}: {cfg.backbone}{" DC5" if cfg.dilation else ""}, '
+          f'{cfg.num_classes} classes, {cfg.num_queries} queries, '
+          f'{"panoptic" if cfg.masks else "detection"}, {n / 1e6:.1f}M values')
+    return 0
