@@ -1,5 +1,6 @@
 """COCO box AP of a model on a Source (pycocotools), and PQ (panoptic)."""
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -93,7 +94,7 @@ def coco_ap(ann_file, results, image_ids=None, out_json=None):
         return {k: 0.0 for k in AP_NAMES}
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        dt = gt.loadRes(results)
+        dt = gt.loadRes(copy.deepcopy(results))  # loadRes edits its input
         ev = COCOeval(gt, dt, 'bbox')
         if image_ids is not None:
             ev.params.imgIds = sorted(set(image_ids))

@@ -19,6 +19,7 @@ RESNETS = {
     'resnet_tiny': ('basic', (1, 1, 1, 1), 8),  # for tests and the demo
     'resnet_tiny_bottleneck': ('bottleneck', (1, 1, 1, 1), 8),  # tests
     'resnet_small': ('basic', (1, 1, 1, 1), 32),  # the CPU demo
+    'resnet_small16': ('basic', (1, 1, 1, 1), 16),
 }
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
 

@@ -1,0 +1,84 @@
+"""Single-image / folder inference: boxes, names and scores on pictures."""
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageOps
+
+from detr_jax import checkpoints, draw
+from detr_jax.data.normalize import normalize
+from detr_jax.data.transforms import get_size_with_aspect_ratio
+from detr_jax.models import build_model
+from detr_jax.postprocess import detections, select
+
+
+def load_any(path):
+    """(model_config, variables, label_map, eval sizes) from a training
+    workdir, a converted folder, an official .pth or a HF checkpoint."""
+    if checkpoints.is_workdir(path):
+        config, variables, _ = checkpoints.load_workdir(path)
+        lm = {int(k): v for k, v in config.model.label_map.items()}
+        return config.model, variables, lm, (config.data.eval_size, config.data.eval_max_size)
+    from detr_jax.convert import load_checkpoint
+    cfg, variables = load_checkpoint(path)
+    lm = {int(k): dict(v) for k, v in cfg.get('label_map', {}).items()}
+    return cfg, variables, lm, (800, 1333)
+
+
+def prepare(image, size, max_size):
+    """uint8 HWC image -> (images [1, H, W, 3] uint8 padded to 32, mask, (h, w))."""
+    h0, w0 = image.shape[:2]
+    h, w = get_size_with_aspect_ratio(h0, w0, size, max_size)
+    img = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    H, W = -(-h // 32) * 32, -(-w // 32) * 32
+    out = np.zeros((1, H, W, 3), np.uint8)
+    out[0, :h, :w] = img
+    mask = np.zeros((1, H, W), bool)
+    mask[0, :h, :w] = True
+    return out, mask
+
+
+def predict_images(model_cfg, variables, paths, size, max_size, threshold=0.5):
+    model = build_model(model_cfg)
+    apply = jax.jit(lambda v, x, m, s: detections(model.apply(v, normalize(x, m), m), s))
+    results = []
+    for p in paths:
+        with Image.open(p) as im:
+            image = np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
+        x, m = prepare(image, size, max_size)
+        dets = apply(variables, jnp.asarray(x), jnp.asarray(m), jnp.asarray([image.shape[:2]]))
+        results.append((p, image, select(jax.device_get(dets), threshold)[0]))
+    return results
+
+
+def cli(argv):
+    ap = argparse.ArgumentParser(prog='detr-jax predict')
+    ap.add_argument('images', nargs='+', help='image files or folders')
+    ap.add_argument('--checkpoint', required=True)
+    ap.add_argument('--out', default='predictions')
+    ap.add_argument('--threshold', type=float, default=0.5)
+    a = ap.parse_args(argv)
+    paths = []
+    for p in a.images:
+        if os.path.isdir(p):
+            paths += sorted(os.path.join(p, f) for f in os.listdir(p)
+                            if f.lower().endswith(('.jpg', '.jpeg', '.png', '.bmp', '.webp')))
+        elif os.path.exists(p):
+            paths.append(p)
+        else:
+            print(f'detr-jax predict: {p}: no such file', file=sys.stderr)
+            return 1
+    cfg, variables, label_map, (size, max_size) = load_any(a.checkpoint)
+    os.makedirs(a.out, exist_ok=True)
+    for p, image, d in predict_images(cfg, variables, paths, size, max_size, a.threshold):
+        pic = draw.draw_boxes(image, d['boxes'], d['labels'], d['scores'], label_map)
+        dst = os.path.join(a.out, os.path.splitext(os.path.basename(p))[0] + '_pred.png')
+        Image.fromarray(pic).save(dst)
+        print(f'{p}: {len(d["scores"])} detections -> {dst}')
+        for s, l, b in zip(d['scores'], d['labels'], d['boxes']):
+            name = label_map.get(int(l), {}).get('name', str(int(l)))
+            print(f'  {name:>12s} {s:.2f}  [{", ".join(f"{v:.0f}" for v in b)}]')
+    return 0

@@ -1,0 +1,103 @@
+"""Post-processing, COCO evaluation, multi-host eval data, drawings."""
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from test_data import small_data_cfg
+from detr_jax import draw, evaluate
+from detr_jax.data import synthetic
+from detr_jax.data.coco_format import load_instances
+from detr_jax.data.pipeline import eval_batches
+from detr_jax.postprocess import detections, select
+
+
+def test_postprocess_parity(reference):
+    out = {'pred_logits': jnp.asarray(reference['pred_logits']),
+           'pred_boxes': jnp.asarray(reference['pred_boxes'])}
+    d = detections(out, jnp.asarray(reference['post_orig_sizes']))
+    np.testing.assert_allclose(d['scores'], reference['post_scores'], atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(d['labels'], reference['post_labels'])
+    np.testing.assert_allclose(d['boxes'], reference['post_boxes_xyxy'], atol=1e-4, rtol=1e-6)
+    sel = select(d, threshold=0.5, top_k=3)
+    assert all(len(s['scores']) <= 3 and (s['scores'] > 0.5).all() for s in sel)
+    assert all((np.diff(s['scores']) <= 0).all() for s in sel)
+
+
+@pytest.fixture(scope='module')
+def val_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp('syn')
+    p = synthetic.write_coco(str(root), 'val', 21, seed=2)
+    return p, load_instances(p['instances'], p['images'])
+
+
+def _gt_dets(batch, source):
+    """Detections equal to the batch's ground truth (in original pixels)."""
+    b, m = batch['labels'].shape
+    scores = np.where(batch['valid'], 1.0, 0.0).astype(np.float32)
+    oh, ow = batch['orig_size'][:, 0:1], batch['orig_size'][:, 1:2]
+    cx, cy, w, h = np.moveaxis(batch['boxes'], -1, 0)
+    boxes = np.stack([(cx - w / 2) * ow, (cy - h / 2) * oh, (cx + w / 2) * ow, (cy + h / 2) * oh], -1)
+    labels = np.where(batch['valid'], batch['labels'], 10 ** 6)  # padding: no such class
+    return {'scores': scores, 'labels': labels, 'boxes': boxes}
+
+
+def _results(source, cfg, process_index=0, process_count=1, shift=0.0):
+    res, ids = [], []
+    for batch in eval_batches(source, cfg, process_index, process_count):
+        d = _gt_dets(batch, source)
+        d['boxes'] = d['boxes'] + shift
+        res += evaluate.results_from_detections(d, batch['image_id'], source.label_map)
+        ids += [int(i) for i in batch['image_id'] if i >= 0]
+    return res, ids
+
+
+def test_known_answers(val_set, tmp_path):
+    paths, source = val_set
+    cfg = small_data_cfg(eval_size=128, eval_max_size=192, max_boxes=10,
+                         eval_buckets=((128, 128), (128, 192), (192, 128)), eval_batch_size=4)
+    res, ids = _results(source, cfg)
+    assert sorted(ids) == sorted(source.image_ids.tolist())  # every image once (21 = 5x4 + 1)
+    ap = evaluate.coco_ap(paths['instances'], res, ids, out_json=str(tmp_path / 'r.json'))
+    assert ap['AP'] == pytest.approx(1.0, abs=1e-6)
+    assert json.load(open(tmp_path / 'r.json')) == res
+    assert evaluate.coco_ap(paths['instances'], [], ids)['AP'] == 0.0
+    shifted, _ = _results(source, cfg, shift=3.0)
+    ours = evaluate.coco_ap(paths['instances'], shifted, ids)
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    gt = COCO(paths['instances'])
+    ev = COCOeval(gt, gt.loadRes(shifted), 'bbox')
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert 0.0 < ours['AP'] < 1.0
+    assert ours['AP'] == pytest.approx(ev.stats[0]) and ours['AP75'] == pytest.approx(ev.stats[2])
+
+
+def test_two_hosts_equal_one(val_set):
+    _, source = val_set
+    cfg = small_data_cfg(eval_size=128, eval_max_size=192, max_boxes=10,
+                         eval_buckets=((128, 128), (128, 192), (192, 128)), eval_batch_size=4)
+    one = list(eval_batches(source, cfg))
+    two = [list(eval_batches(source, cfg, i, 2)) for i in range(2)]
+    assert len(one) == len(two[0]) == len(two[1])
+    for a, b0, b1 in zip(one, *two):
+        for k in a:  # host 0 + host 1 = the global batch, same bucket on both
+            np.testing.assert_array_equal(a[k], np.concatenate([b0[k], b1[k]]), err_msg=k)
+    r1, _ = _results(source, cfg)
+    r2 = _results(source, cfg, 0, 2)[0] + _results(source, cfg, 1, 2)[0]
+    key = lambda r: (r['image_id'], r['category_id'], tuple(r['bbox']))  # noqa: E731
+    assert sorted(r1, key=key) == sorted(r2, key=key)
+
+
+def test_drawing_has_boxes_where_predictions_are():
+    img = np.zeros((80, 120, 3), np.uint8)
+    pic = draw.draw_boxes(img, np.array([[20, 30, 70, 60]]), np.array([2]), np.array([0.9]),
+                          {2: {'name': 'triangle'}})
+    color = np.array(draw.PALETTE[2])
+    on = lambda y, x: (pic[y, x] == color).all()  # noqa: E731
+    assert on(45, 20) and on(45, 70) and on(30, 45) and on(60, 45)  # the four edges
+    assert not pic[40:55, 25:65].any()  # inside stays as it was
+    assert (pic[:30].reshape(-1, 3) == color).all(-1).sum() > 20  # the label above the box
