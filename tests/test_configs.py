@@ -1,0 +1,37 @@
+"""Every configs/*.py loads, validates and names its command in its docstring."""
+import glob
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_model_config
+from detr_jax.models import build_model, validate_model_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
+def test_config_loads_and_validates(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert 'python -m detr_jax.main' in mod.__doc__ or 'Command' in mod.__doc__
+    assert 'Expected' in mod.__doc__
+    cfg = mod.get_config()
+    validate_model_config(cfg.model)
+    assert cfg.data.max_boxes <= cfg.model.num_queries
+
+
+def test_remat_gives_the_same_outputs_and_grads():
+    images, mask = jnp.ones((2, 64, 64, 3)), jnp.ones((2, 64, 64), bool)
+    a, b = build_model(tiny_model_config()), build_model(tiny_model_config(remat=True))
+    v = a.init(jax.random.PRNGKey(0), images, mask)
+    f = lambda m: jax.grad(lambda p: m.apply({**v, 'params': p}, images, mask)  # noqa: E731
+                           ['pred_boxes'].sum())(v['params'])
+    for x, y in zip(jax.tree_util.tree_leaves(f(a)), jax.tree_util.tree_leaves(f(b))):
+        np.testing.assert_allclose(x, y, atol=1e-6)
