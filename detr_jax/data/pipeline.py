@@ -98,9 +98,18 @@ def plan_eval(source: Source, cfg, batch_size=None):
     return batches
 
 
-def _decode(path, png, segs):
+# Images that could not be read in 'skip' mode, by reason; InputPipeline
+# reports and resets them at the end of every epoch.
+SKIPPED = collections.Counter()
+
+
+def _decode(path, png, segs, h0, w0, skip_bad):
     """Host decode: any PIL image (grayscale, CMYK, 16-bit, EXIF-rotated) to
-    RGB uint8, and panoptic masks [h, w, M] for the given segment ids."""
+    RGB uint8, and panoptic masks [h, w, M] for the given segment ids.
+
+    An unreadable image is an error naming the file, or with `skip_bad` a
+    black image whose targets the caller drops (shapes stay static), counted
+    in SKIPPED."""
     path = path.decode()
     try:
         with Image.open(path) as im:
@@ -109,19 +118,28 @@ def _decode(path, png, segs):
                 arr = np.asarray(im, np.float32)
                 im = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
             img = np.asarray(im.convert('RGB'), np.uint8)
-    except (OSError, ValueError) as e:
-        raise DataError(f'{path}: cannot decode image: {e}') from e
+        if img.shape[:2] != (h0, w0):
+            raise ValueError(f'decoded size {img.shape[0]}x{img.shape[1]} differs from the '
+                             f'annotated {h0}x{w0}')
+    except (OSError, ValueError, SyntaxError) as e:
+        if not skip_bad:
+            raise DataError(f'{path}: cannot use image: {e}') from e
+        SKIPPED[f'{type(e).__name__}: {str(e)[:60]}'] += 1
+        return (np.zeros((h0, w0, 3), np.uint8), np.zeros((h0, w0, len(segs)), np.uint8),
+                np.bool_(False))
     if png:
         ids = np.asarray(Image.open(png.decode()).convert('RGB'), np.int64)
         ids = ids[..., 0] + 256 * ids[..., 1] + 65536 * ids[..., 2]
         masks = (ids[..., None] == segs[None, None, :]).astype(np.uint8)
     else:
         masks = np.zeros(img.shape[:2] + (len(segs),), np.uint8)
-    return img, masks
+    return img, masks, np.bool_(True)
 
 
-def _tf_transform(e, with_masks):
-    img, masks = tf.numpy_function(_decode, [e['path'], e['png'], e['segs']], [tf.uint8, tf.uint8])
+def _tf_transform(e, with_masks, skip_bad):
+    img, masks, ok = tf.numpy_function(
+        _decode, [e['path'], e['png'], e['segs'], e['h0'], e['w0'], skip_bad],
+        [tf.uint8, tf.uint8, tf.bool])
     img = tf.reshape(img, tf.stack([e['h0'], e['w0'], 3]))
     masks = tf.reshape(masks, tf.stack([e['h0'], e['w0'], tf.shape(e['segs'])[0]]))
 
@@ -144,8 +162,9 @@ def _tf_transform(e, with_masks):
     if with_masks:
         m = geometry(masks, 'nearest')
         out['masks'] = tf.transpose(tf.cast(m, tf.bool), [2, 0, 1])
-    for k in ('size', 'orig_size', 'image_id', 'labels', 'boxes', 'valid'):
+    for k in ('size', 'orig_size', 'image_id', 'labels', 'boxes'):
         out[k] = e[k]
+    out['valid'] = tf.logical_and(e['valid'], ok)  # a skipped image has no targets
     return out
 
 
@@ -202,9 +221,10 @@ def make_tf_dataset(source, batches, cfg, local_batch, lo, hi, with_masks=False)
     if not batches:
         return None
     el = _elements(source, batches, cfg, lo, hi)
+    skip_bad = cfg.get('on_bad_input', 'error') == 'skip'
     ds = tf.data.Dataset.from_tensor_slices(el)
     ds = ds.map(lambda e: tf.cond(e['filler'], lambda: _filler_transform(e, with_masks),
-                                  lambda: _tf_transform(e, with_masks)),
+                                  lambda: _tf_transform(e, with_masks, skip_bad)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(local_batch).prefetch(cfg.get('prefetch', 2))
 
@@ -224,6 +244,7 @@ class InputPipeline:
         self.local = cfg.batch_size // process_count
         self.lo, self.hi = process_index * self.local, (process_index + 1) * self.local
         self.position = {'epoch': 0, 'batch': 0}
+        self.skipped_last_epoch = {}
         self._plans: Dict[int, list] = {}
 
     def plan(self, epoch):
@@ -247,13 +268,23 @@ class InputPipeline:
             batches = self.plan(epoch)
             ds = make_tf_dataset(self.source, batches[start:], self.cfg, self.local, self.lo,
                                  self.hi, self.with_masks)
-            for k, batch in enumerate(ds.as_numpy_iterator() if ds is not None else ()):
+            for k, batch in enumerate(_surface_errors(ds)):
                 nxt = start + k + 1
-                self.position = ({'epoch': epoch, 'batch': nxt} if nxt < len(batches)
-                                 else {'epoch': epoch + 1, 'batch': 0})
+                if nxt < len(batches):
+                    self.position = {'epoch': epoch, 'batch': nxt}
+                else:  # the epoch is decoded: report what it skipped
+                    self._end_epoch(epoch)
                 yield batch
             if ds is None:
-                self.position = {'epoch': epoch + 1, 'batch': 0}
+                self._end_epoch(epoch)
+
+    def _end_epoch(self, epoch):
+        self.position = {'epoch': epoch + 1, 'batch': 0}
+        self.skipped_last_epoch = dict(SKIPPED)
+        if SKIPPED:
+            logging.warning('epoch %d of %s: skipped unreadable images: %s', epoch,
+                            self.source.name, dict(SKIPPED))
+            SKIPPED.clear()
 
 
 def eval_batches(source: Source, cfg, process_index=0, process_count=1, with_masks=False):
@@ -265,4 +296,20 @@ def eval_batches(source: Source, cfg, process_index=0, process_count=1, with_mas
     batches = plan_eval(source, cfg, bs)
     ds = make_tf_dataset(source, batches, cfg, local, process_index * local,
                          (process_index + 1) * local, with_masks)
-    return [] if ds is None else ds.as_numpy_iterator()
+    return _surface_errors(ds)
+
+
+def _surface_errors(ds):
+    """Numpy batches; a decode error comes out as the DataError it was
+    (naming the file), not as TensorFlow's wrapper."""
+    if ds is None:
+        return
+    it = ds.as_numpy_iterator()
+    while True:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+            msg = e.message.split('DataError: ')[-1].split('\n')[0]
+            raise DataError(msg) from None

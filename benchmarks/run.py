@@ -1,0 +1,316 @@
+"""Side-by-side measurements: detr_jax vs Hugging Face `transformers` DETR
+(random weights), interleaved repetitions, medians, ratios; prints a
+markdown table and writes it into the README between the BENCHMARKS markers.
+
+  python benchmarks/run.py [--quick] [--no-readme]
+
+Needs the test extra (torch, transformers). Run on an otherwise idle machine.
+"""
+import argparse
+import functools
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+
+def machine():
+    return f'{platform.machine()} {os.cpu_count()} cores, jax {jax.__version__} CPU'
+
+
+def interleaved(fns, reps):
+    """{name: median seconds}; one call of each per round, rounds repeated."""
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def matmul_gflops(n=2048, reps=5):
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t = min(_time(lambda: f(a).block_until_ready()) for _ in range(reps))
+    return 2 * n ** 3 / t / 1e9
+
+
+def _time(f):
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+def r50_config(num_queries=100):
+    from detr_jax.models import default_model_config
+    c = default_model_config()
+    c.num_queries = num_queries
+    return c
+
+
+def hf_model(train=False):
+    import torch
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+    torch.manual_seed(0)
+    cfg = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,
+                     backbone_config=ResNetConfig(depths=[3, 4, 6, 3], layer_type='bottleneck',
+                                                  hidden_sizes=[256, 512, 1024, 2048],
+                                                  embedding_size=64, out_features=['stage4']),
+                     num_labels=91, auxiliary_loss=train)
+    m = DetrForObjectDetection(cfg)
+    return m.train() if train else m.eval()
+
+
+def bench_forward(rows, reps, hw=(800, 1066), batch=1):
+    import torch
+    from detr_jax.convert import hf_to_original, variables_from_state_dict
+    from detr_jax.models import build_model
+    hf = hf_model()
+    sd = hf_to_original({k: v.numpy() for k, v in hf.state_dict().items()})
+    gflops = matmul_gflops()
+    for dtype in ('float32', 'bfloat16'):
+        cfg = r50_config()
+        cfg.dtype = dtype
+        cfg.nheads = 8
+        model = build_model(cfg)
+        H, W = (-(-hw[0] // 32) * 32, -(-hw[1] // 32) * 32)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, H, W, 3)), jnp.float32)
+        m = np.ones((batch, H, W), bool)
+        if batch == 2:
+            m[1, :, W * 3 // 4:] = False
+        m = jnp.asarray(m)
+        template = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, m)
+        v = variables_from_state_dict({k: val for k, val in sd.items()}, template)
+        f = jax.jit(model.apply)
+        lowered = f.lower(v, x, m)
+        compiled = lowered.compile()
+        flops = (compiled.cost_analysis() or {}).get('flops', 0.0)
+        compiled(v, x, m)['pred_logits'].block_until_ready()
+        tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+        tm = torch.from_numpy(np.asarray(m).astype(np.int64))
+        with torch.no_grad():
+            hf(pixel_values=tx, pixel_mask=tm)
+        def ours():
+            compiled(v, x, m)['pred_logits'].block_until_ready()
+        def theirs():
+            with torch.no_grad():
+                hf(pixel_values=tx, pixel_mask=tm)
+        t = interleaved({'ours': ours, 'hf': theirs}, reps)
+        rate = flops / t['ours'] / 1e9
+        rows.append((f'forward R50 {batch}x{H}x{W} {dtype}', t['ours'], t['hf'],
+                     f'{rate:.0f} GFLOP/s = {100 * rate / gflops:.0f}% of matmul {gflops:.0f}'))
+
+
+def bench_train_step(rows, reps, hw=(800, 1066), batch=2):
+    import torch
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from detr_jax import train
+    from detr_jax.config_defaults import base_config
+    from detr_jax.models import build_model
+    from detr_jax.optim import build_optimizer
+    c = base_config()
+    H, W = (-(-hw[0] // 32) * 32, -(-hw[1] // 32) * 32)
+    c.data.buckets = ((H, W),)
+    mesh = train.make_mesh()
+    model = build_model(c.model)
+    holder = {}
+
+    def tx_fn(p):
+        holder['tx'], _, _ = build_optimizer(p, c.optim, c.model, 1000)
+        return holder['tx']
+    state, _ = train.init_state(model, c, tx_fn, mesh, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    M = 20
+    batch_np = {'images': rng.integers(0, 255, (batch, H, W, 3)).astype(np.uint8),
+                'pixel_mask': np.ones((batch, H, W), bool),
+                'labels': rng.integers(1, 91, (batch, M)).astype(np.int32),
+                'boxes': rng.uniform(0.2, 0.5, (batch, M, 4)).astype(np.float32),
+                'valid': np.arange(M)[None].repeat(batch, 0) < 8}
+    sh = NamedSharding(mesh, P('data'))
+    g = {k: jax.make_array_from_process_local_data(sh, v) for k, v in batch_np.items()}
+    step = jax.jit(functools.partial(train.train_step, model=model, config=c, tx=holder['tx'],
+                                     mesh=mesh, norm_trainable=False), donate_argnums=(0,))
+    box = [state]
+
+    def ours():
+        box[0], m = step(box[0], g, jax.random.PRNGKey(0))
+        m['loss'].block_until_ready()
+    ours()
+    hf = hf_model(train=True)
+    opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=1e-4)
+    px = torch.from_numpy(batch_np['images'].transpose(0, 3, 1, 2).astype(np.float32) / 255)
+    labels = [{'class_labels': torch.from_numpy(batch_np['labels'][i, :8]).long(),
+               'boxes': torch.from_numpy(batch_np['boxes'][i, :8])} for i in range(batch)]
+
+    def theirs():
+        out = hf(pixel_values=px, labels=labels)
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 0.1)
+        opt.step()
+    theirs()
+    t = interleaved({'ours': ours, 'hf': theirs}, reps)
+    rows.append((f'train step R50 {batch}x{H}x{W} (matching, loss, AdamW)', t['ours'], t['hf'], ''))
+    return t['ours']
+
+
+def bench_matching(rows, reps, step_time_b2):
+    """Matching (cost + solver) at the paper config, as a share of a step."""
+    from detr_jax.losses import match_all_layers
+    rng = np.random.default_rng(0)
+    for name, (B, Q, M, L, C) in {'paper B=64 Q=100 M=50 L=6': (64, 100, 50, 6, 92),
+                                  'demo B=8 Q=16 M=12 L=3': (8, 16, 12, 3, 7)}.items():
+        outs = {'pred_logits': jnp.asarray(rng.normal(size=(B, Q, C)), jnp.float32),
+                'pred_boxes': jnp.asarray(rng.uniform(0.1, 0.9, (B, Q, 4)), jnp.float32),
+                'aux_outputs': [{'pred_logits': jnp.asarray(rng.normal(size=(B, Q, C)), jnp.float32),
+                                 'pred_boxes': jnp.asarray(rng.uniform(0.1, 0.9, (B, Q, 4)), jnp.float32)}
+                                for _ in range(L - 1)]}
+        n = rng.integers(0, M + 1, B)
+        t = {'labels': jnp.asarray(rng.integers(0, C - 1, (B, M)), jnp.int32),
+             'boxes': jnp.asarray(rng.uniform(0.1, 0.9, (B, M, 4)), jnp.float32),
+             'valid': jnp.asarray(np.arange(M)[None] < n[:, None])}
+        fns = {}
+        for solver in ('scipy', 'optax'):
+            f = jax.jit(functools.partial(match_all_layers, matcher_cfg=dict(
+                cost_class=1., cost_bbox=5., cost_giou=2., solver=solver)))
+            f(outs, t).block_until_ready()
+            fns[solver] = functools.partial(lambda f: f(outs, t).block_until_ready(), f)
+        r = interleaved(fns, reps)
+        step = step_time_b2 * B / 2 if 'paper' in name else None
+        note = (f'share of an estimated B=64 step ({step:.0f} s = 32 x the B=2 step): '
+                f'scipy {100 * r["scipy"] / step:.2f}%, optax {100 * r["optax"] / step:.2f}%'
+                if step else '')
+        rows.append((f'matching {name} (scipy vs optax)', r['scipy'], r['optax'], note))
+
+
+def bench_input_and_buckets(rows):
+    from detr_jax.data.transforms import (choose_bucket, eval_params, padding_overhead,
+                                          sample_train_params)
+    from detr_jax.config_defaults import base_config
+    # COCO 2017 train image sizes, approximated by their common shapes
+    # (640 on the long side; 4:3 landscape dominates): fractions are ours.
+    shapes = [((480, 640), 0.45), ((427, 640), 0.20), ((640, 480), 0.12), ((640, 427), 0.07),
+              ((424, 640), 0.05), ((640, 640), 0.03), ((360, 640), 0.05), ((512, 640), 0.03)]
+    rng = np.random.default_rng(0)
+    sizes = [shapes[i][0] for i in rng.choice(len(shapes), 5000, p=[p for _, p in shapes])]
+    c = base_config().data
+    finals = [sample_train_params(np.random.default_rng([0, i]), h, w, c).size
+              for i, (h, w) in enumerate(sizes)]
+    over = padding_overhead(finals, c.buckets)
+    canvas = sum(1333 * 1333 for _ in finals) / sum(h * w for h, w in finals)
+    used = len({choose_bucket(h, w, c.buckets) for h, w in finals})
+    rows.append(('padding: bucket pixels / real pixels (COCO recipe, train)', over, canvas,
+                 f'vs one 1333x1333 canvas; {used} bucket shapes used = compilations per epoch'))
+    ev = [eval_params(h, w, c).size for h, w in sizes]
+    rows.append(('padding (COCO recipe, eval)', padding_overhead(ev, c.eval_buckets),
+                 sum(1333 * 1333 for _ in ev) / sum(h * w for h, w in ev), 'vs 1333x1333'))
+
+
+def bench_pipeline(rows, tmpdir):
+    from detr_jax.config_defaults import base_config
+    from detr_jax.data.datasets import build_source
+    from detr_jax.data.pipeline import InputPipeline
+    sys.path.insert(0, os.path.join(ROOT, 'configs'))
+    import demo
+    for name, c in (('demo sizes', demo.get_config().data), ('COCO recipe sizes', None)):
+        if c is None:
+            c = base_config().data
+            c.min_image, c.max_image = 400, 640
+            c.num_train, c.batch_size = 128, 8
+        c.cache_dir = tmpdir
+        src = build_source(c, 'train')
+        it = iter(InputPipeline(src, c))
+        next(it)
+        t, n = time.perf_counter(), 0
+        for _ in range(10):
+            n += len(next(it)['images'])
+        rows.append((f'input pipeline images/s ({name})', n / (time.perf_counter() - t), None, ''))
+
+
+def bench_memory(rows, tmpdir):
+    r = subprocess.run([sys.executable, '-c', (
+        'import resource, sys; sys.argv=["x", "--config=configs/demo.py", "--workdir=%s/mem", '
+        '"--mode=train", "--config.train.max_steps=30", "--config.data.cache_dir=%s"]\n'
+        'from absl import app\nfrom detr_jax import main\n'
+        'try:\n    app.run(main.main)\nexcept SystemExit:\n    pass\n'
+        'print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)') % (tmpdir, tmpdir)],
+        cwd=ROOT, capture_output=True, text=True)
+    m = re.search(r'MAXRSS (\d+)', r.stdout)
+    rows.append(('peak host memory, demo training (MiB)', int(m.group(1)) / 1024 if m else float('nan'),
+                 None, ''))
+
+
+def fmt(v):
+    if v is None:
+        return '-'
+    return f'{v:.3g}'
+
+
+def table(rows):
+    out = [f'Machine: {machine()}. Times in seconds (median of interleaved repetitions); '
+           'ratio = ours / peer (< 1: we are faster).', '',
+           '| measurement | detr_jax | peer | ratio | notes |', '|---|---|---|---|---|']
+    for name, ours, peer, note in rows:
+        ratio = f'{ours / peer:.2f}' if peer else '-'
+        out.append(f'| {name} | {fmt(ours)} | {fmt(peer)} | {ratio} | {note} |')
+    return '\n'.join(out)
+
+
+def write_readme(text):
+    path = os.path.join(ROOT, 'README.md')
+    s = open(path).read()
+    block = f'<!-- BENCHMARKS -->\n{text}\n<!-- /BENCHMARKS -->'
+    if '<!-- BENCHMARKS -->' in s:
+        s = re.sub(r'<!-- BENCHMARKS -->.*<!-- /BENCHMARKS -->', lambda _: block, s, flags=re.S)
+    else:
+        s += f'\n## Benchmarks\n\n{block}\n'
+    open(path, 'w').write(s)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--quick', action='store_true', help='smaller images, fewer repetitions')
+    ap.add_argument('--no-readme', action='store_true')
+    ap.add_argument('--only', default='', help='comma list: forward,train,matching,data,memory')
+    a = ap.parse_args()
+    reps = 3 if a.quick else 5
+    hw = (384, 512) if a.quick else (800, 1066)
+    only = set(a.only.split(',')) if a.only else {'forward', 'train', 'matching', 'data', 'memory'}
+    import tempfile
+    tmp = tempfile.mkdtemp()
+    rows = []
+    if 'forward' in only:
+        bench_forward(rows, reps, hw, 1)
+        bench_forward(rows, reps, hw, 2)
+    step = None
+    if 'train' in only or 'matching' in only:
+        step = bench_train_step(rows, reps, hw, 2)
+    if 'matching' in only:
+        bench_matching(rows, reps, step)
+    if 'data' in only:
+        bench_input_and_buckets(rows)
+        bench_pipeline(rows, tmp)
+    if 'memory' in only:
+        bench_memory(rows, tmp)
+    text = table(rows)
+    print(text)
+    if not a.no_readme:
+        write_readme(text)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,102 @@
+"""COCO-format folders: odd category ids, crowd, empty images, bad images and
+annotations, in both bad-input modes."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_data import small_data_cfg
+from detr_jax.data.coco_format import DataError, load_instances
+from detr_jax.data.pipeline import InputPipeline, eval_batches
+
+
+def _folder(tmp_path, bad_annotation=None):
+    img_dir = tmp_path / 'images'
+    img_dir.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    specs = ['ok', 'ok', 'empty', 'crowd', 'corrupt', 'missing', 'cmyk', 'gray', 'ok']
+    for i, kind in enumerate(specs):
+        name = f'{i}.jpg'
+        h, w = 64 + 8 * i, 80
+        arr = rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
+        if kind == 'cmyk':
+            Image.fromarray(arr).convert('CMYK').save(img_dir / name)
+        elif kind == 'gray':
+            Image.fromarray(arr[..., 0]).save(img_dir / name)
+        elif kind == 'corrupt':
+            Image.fromarray(arr).save(img_dir / name)
+            data = (img_dir / name).read_bytes()
+            (img_dir / name).write_bytes(data[:200])
+        elif kind != 'missing':
+            Image.fromarray(arr).save(img_dir / name)
+        images.append({'id': 1000 + i, 'file_name': name, 'height': h, 'width': w})
+        if kind != 'empty':
+            anns.append({'id': 10 * i + 1, 'image_id': 1000 + i, 'category_id': [5, 9, 300][i % 3],
+                         'bbox': [5, 6, 30, 20], 'area': 600, 'iscrowd': 0})
+        if kind == 'crowd':
+            anns.append({'id': 10 * i + 2, 'image_id': 1000 + i, 'category_id': 9,
+                         'bbox': [0, 0, 60, 40], 'area': 2400, 'iscrowd': 1})
+    if bad_annotation:
+        anns.append(dict({'id': 999, 'image_id': 1000, 'category_id': 5, 'bbox': [1, 1, 5, 5],
+                          'area': 25, 'iscrowd': 0}, **bad_annotation))
+    cats = [{'id': c, 'name': f'cat{c}'} for c in (300, 5, 9)]
+    path = tmp_path / 'ann.json'
+    path.write_text(json.dumps({'images': images, 'annotations': anns, 'categories': cats}))
+    return str(path), str(img_dir)
+
+
+def test_label_map_crowd_and_empty(tmp_path):
+    src = load_instances(*_folder(tmp_path))
+    assert src.label_map == {0: {'id': 5, 'name': 'cat5', 'isthing': True},
+                             1: {'id': 9, 'name': 'cat9', 'isthing': True},
+                             2: {'id': 300, 'name': 'cat300', 'isthing': True}}
+    assert len(src) == 9 and len(src.boxes[2]) == 0  # the empty image is kept
+    assert len(src.labels[3]) == 1  # the crowd box is not a target
+    assert src.labels[2 + 3].tolist() == [2]  # category 300 -> index 2
+
+
+@pytest.mark.parametrize('bad,why', [
+    ({'bbox': [1, 1, -5, 5]}, 'negative size'),
+    ({'bbox': [500, 1, 5, 5]}, 'outside'),
+    ({'category_id': 77}, 'unknown category id 77'),
+    ({'bbox': [1, float('nan'), 5, 5]}, 'non-finite'),
+    ({'id': 1}, 'duplicate annotation id 1'),
+])
+def test_bad_annotations(tmp_path, bad, why):
+    ann, imgs = _folder(tmp_path, bad)
+    with pytest.raises(DataError, match=f'ann.json: annotation id .*{why}'):
+        load_instances(ann, imgs)
+    src = load_instances(ann, imgs, on_bad_input='skip')
+    assert sum(src.skipped.values()) == 1
+
+
+def test_bad_images_error_names_file(tmp_path):
+    ann, imgs = _folder(tmp_path)
+    cfg = small_data_cfg(eval_size=64, eval_max_size=128, eval_batch_size=3,
+                         eval_buckets=((128, 128),))
+    with pytest.raises(DataError, match=r'images/(4|5)\.jpg: cannot use image'):
+        list(eval_batches(load_instances(ann, imgs), cfg))
+
+
+def test_bad_images_skipped_and_counted(tmp_path):
+    ann, imgs = _folder(tmp_path)
+    src = load_instances(ann, imgs)
+    cfg = small_data_cfg(eval_size=64, eval_max_size=128, eval_batch_size=3,
+                         eval_buckets=((128, 128),), on_bad_input='skip', batch_size=3,
+                         buckets=((128, 128),), scales=(64,), max_size=128,
+                         crop_resize=(64,), crop_min=40, crop_max=60)
+    batches = list(eval_batches(src, cfg))
+    by_id = {int(i): (b, k) for b in batches for k, i in enumerate(b['image_id'])}
+    for bad in (1004, 1005):  # corrupt and missing: no targets, black
+        b, k = by_id[bad]
+        assert not b['valid'][k].any() and not b['images'][k].any()
+    for good in (1006, 1007):  # CMYK and grayscale decode to RGB
+        b, k = by_id[good]
+        assert b['valid'][k].any() and b['images'][k].any()
+    pipe = InputPipeline(src, cfg)
+    it = iter(pipe)
+    for _ in range(len(pipe.plan(0))):
+        next(it)
+    assert sum(pipe.skipped_last_epoch.values()) >= 1
