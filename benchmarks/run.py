@@ -11,7 +11,6 @@ import functools
 import os
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys

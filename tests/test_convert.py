@@ -6,7 +6,6 @@ import subprocess
 import sys
 import zipfile
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """Parity with Hugging Face `transformers` DETR (random weights, native ResNet
 backbone), loaded through `detr_jax.convert`."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

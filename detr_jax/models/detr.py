@@ -1,5 +1,4 @@
 """The DETR detector: backbone -> input projection -> transformer -> heads."""
-from typing import Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
