@@ -7,7 +7,8 @@ from detr_jax.data.coco_format import DataError, load_instances, load_panoptic
 
 def synthetic_root(cfg):
     base = cfg.cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'detr_jax', 'synthetic')
-    key = f'seed{cfg.synthetic_seed}_{cfg.min_image}-{cfg.max_image}_obj{cfg.max_objects}'
+    key = (f'v{synthetic.VERSION}_seed{cfg.synthetic_seed}_{cfg.min_image}-{cfg.max_image}'
+           f'_obj{cfg.max_objects}')
     return os.path.join(base, key)
 
 

@@ -4,7 +4,7 @@ Procedural and deterministic from (seed, split, index): textured, cluttered
 backgrounds; "sky" and "ground" stuff regions with wavy borders; 0 to
 `max_objects` objects of six classes that differ in shape and colour (with
 hue, brightness and size jitter, outlines and partial occlusion), and
-distractor blobs that belong to no class. Every annotated object has its
+grey streaks of clutter that belong to no class. Every annotated object has its
 visible instance mask; boxes are the visible extent, as in COCO.
 
 `write_coco(root, ...)` exports a split as a COCO-format folder: images,
@@ -19,6 +19,9 @@ import tempfile
 
 import numpy as np
 from PIL import Image
+
+# Bumped whenever rendering changes: cached exports are keyed by it.
+VERSION = 2
 
 # (name, base RGB); things are category ids 1..6, stuff 7..8
 THINGS = (('disc', (220, 50, 50)), ('square', (40, 90, 220)), ('triangle', (40, 170, 60)),
@@ -92,11 +95,16 @@ def render(seed, split, index, min_size=96, max_size=160, max_objects=8):
             tex = _texture(h, w, rng, np.array(color) + rng.normal(0, 12, 3), rng.uniform(4, 12))
             img[region] = tex[region]
             stuff[region] = len(THINGS) + k + 1
-    # distractors: blobs of random colour that are no class
+    # distractors: elongated grey-ish streaks, no class (and no class's shape
+    # or hue, so that they are clutter, not unlabelled objects)
     for _ in range(rng.integers(0, 4)):
-        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, 10)
-        m = _shape_mask('disc', h, w, cy, cx, r, rng)
-        img[m] = rng.uniform(0, 255, 3)
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        a, b, ang = rng.uniform(6, 16), rng.uniform(1.5, 3), rng.uniform(0, np.pi)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        u = (xx - cx) * np.cos(ang) + (yy - cy) * np.sin(ang)
+        v = -(xx - cx) * np.sin(ang) + (yy - cy) * np.cos(ang)
+        m = (u / a) ** 2 + (v / b) ** 2 <= 1
+        img[m] = rng.uniform(40, 220) + rng.normal(0, 10, 3)
     n = 0 if rng.random() < 0.08 else int(rng.integers(1, max_objects + 1))
     objects, occupied = [], np.zeros((h, w), bool)
     for _ in range(n):
