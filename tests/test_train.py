@@ -197,3 +197,33 @@ def test_config_errors_name_the_key(tmp_path, cache_dir, override, message):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     assert message in r.stderr
+
+
+def test_finetune_from_converted_reinitializes_only_the_class_head(tmp_path, cache_dir, caplog):
+    import logging
+    import jax.numpy as jnp
+    from detr_jax.checkpoints import save_converted
+    c = _config(cache_dir)
+    src_cfg = c.model.copy_and_resolve_references()
+    src_cfg.num_classes = 20  # the converted model had another class count
+    src_model = build_model(src_cfg)
+    h, w = c.data.buckets[0]
+    src_vars = src_model.init(jax.random.PRNGKey(7), jnp.zeros((1, h, w, 3)), jnp.ones((1, h, w), bool))
+    save_converted(tmp_path / 'conv', src_cfg, src_vars)
+    c.train.init_from = str(tmp_path / 'conv')
+    state, _, _ = _setup(c, jax.devices()[:1])
+    with pytest.raises(ValueError, match='reinit_class_head=True'):
+        train._load_pretrained(state, c, build_model(c.model))
+    c.train.reinit_class_head = True
+    with caplog.at_level(logging.INFO):
+        new = train._load_pretrained(state, c, build_model(c.model))
+    assert 're-initialized the class head' in caplog.text
+    got, want = jax.device_get(new.params), jax.device_get(src_vars['params'])
+    for k in got:
+        if k == 'class_embed':
+            np.testing.assert_array_equal(got[k]['dense']['kernel'],
+                                          jax.device_get(state.params)[k]['dense']['kernel'])
+            assert got[k]['dense']['kernel'].shape[-1] == c.model.num_classes + 1
+        else:
+            for a, b in zip(jax.tree_util.tree_leaves(got[k]), jax.tree_util.tree_leaves(want[k])):
+                np.testing.assert_array_equal(a, b)

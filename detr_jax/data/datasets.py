@@ -1,4 +1,5 @@
 """Which Source a config's `data` section names, for a split."""
+import logging
 import os
 
 from detr_jax.data import synthetic
@@ -19,7 +20,9 @@ def build_source(cfg, split):
         n = cfg.num_train if split == 'train' else cfg.num_val
         root = os.path.join(synthetic_root(cfg), f'n{n}')
         p = synthetic.write_coco(root, split, n, seed=cfg.synthetic_seed, min_size=cfg.min_image,
-                                 max_size=cfg.max_image, max_objects=cfg.max_objects)
+                                 max_size=cfg.max_image, max_objects=cfg.max_objects,
+                                 progress=lambda i, n: logging.info(
+                                     'synthetic %s: %d/%d images written to %s', split, i, n, root))
         if cfg.panoptic:
             src = load_panoptic(p['panoptic_json'], p['images'], p['panoptic_png'], on_bad,
                                 name=f'synthetic-{split}')
