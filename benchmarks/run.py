@@ -253,6 +253,14 @@ def bench_memory(rows, tmpdir):
                  None, ''))
 
 
+class Rows(list):
+    """Rows that are printed as they come (the whole run takes minutes)."""
+
+    def append(self, row):
+        super().append(row)
+        print('measured:', row[0], fmt(row[1]), fmt(row[2]), file=sys.stderr, flush=True)
+
+
 def fmt(v):
     if v is None:
         return '-'
@@ -291,7 +299,7 @@ def main():
     only = set(a.only.split(',')) if a.only else {'forward', 'train', 'matching', 'data', 'memory'}
     import tempfile
     tmp = tempfile.mkdtemp()
-    rows = []
+    rows = Rows()
     if 'forward' in only:
         bench_forward(rows, reps, hw, 1)
         bench_forward(rows, reps, hw, 2)

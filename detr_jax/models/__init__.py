@@ -89,5 +89,5 @@ def build_model(cfg):
         dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, pre_norm=cfg.pre_norm,
         backbone=cfg.backbone, dilation=cfg.dilation, norm=cfg.norm,
         position_embedding=cfg.position_embedding, aux_loss=cfg.aux_loss,
-        remat=cfg.remat, dtype=_DTYPES[cfg.dtype])
+        remat=cfg.remat, train_stages=tuple(cfg.train_stages), dtype=_DTYPES[cfg.dtype])
     return DETRPanoptic(detr=detr) if cfg.masks else detr

@@ -6,6 +6,7 @@ Channels-last. Parameter names follow torchvision (`conv1`, `bn1`,
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from detr_jax.models.layers import TorchConv, make_norm
@@ -81,10 +82,18 @@ class ResNet(nn.Module):
     width: int = 64
     dilation: bool = False
     norm: str = 'frozen_bn'
+    # Leading stages outside `train_stages` get no gradient at all (their
+    # output is a stop_gradient), as the original's requires_grad=False:
+    # the backward pass through the stem and layer1 at full resolution is
+    # the most expensive part of a step and would be thrown away.
+    train_stages: Sequence[str] = STAGES
     dtype: object = jnp.float32
 
     @nn.compact
     def __call__(self, x, train=False):
+        frozen = 0  # how many leading stages are frozen
+        while frozen < len(STAGES) and STAGES[frozen] not in self.train_stages:
+            frozen += 1
         bottleneck = self.block == 'bottleneck'
         expansion = 4 if bottleneck else 1
         x = TorchConv(self.width, 7, stride=2, padding=3, use_bias=False,
@@ -92,6 +101,8 @@ class ResNet(nn.Module):
                       name='conv1')(x)
         x = nn.relu(make_norm(self.norm, self.dtype, 'bn1')(x, train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        if frozen >= 1:
+            x = jax.lax.stop_gradient(x)
         in_ch, cur_dilation, outs = self.width, 1, []
         for s, n_blocks in enumerate(self.stage_sizes):
             planes = self.width * 2 ** s
@@ -109,13 +120,15 @@ class ResNet(nn.Module):
                     norm=self.norm, dtype=self.dtype,
                     name=f'layer{s + 1}_{b}')(x, train)
                 in_ch = planes * expansion
+            if frozen >= s + 2:
+                x = jax.lax.stop_gradient(x)
             outs.append(x)
         return outs
 
 
-def build_resnet(name, dilation=False, norm='frozen_bn', dtype=jnp.float32):
+def build_resnet(name, dilation=False, norm='frozen_bn', dtype=jnp.float32, train_stages=STAGES):
     if name not in RESNETS:
         raise ValueError(f'model.backbone must be one of {sorted(RESNETS)}, got {name!r}')
     block, sizes, width = RESNETS[name]
     return ResNet(block=block, stage_sizes=sizes, width=width, dilation=dilation,
-                  norm=norm, dtype=dtype, name='backbone')
+                  norm=norm, train_stages=tuple(train_stages), dtype=dtype, name='backbone')

@@ -56,10 +56,12 @@ class DETR(nn.Module):
     position_embedding: str = 'sine'
     aux_loss: bool = True
     remat: bool = False
+    train_stages: tuple = ('layer2', 'layer3', 'layer4')
     dtype: object = jnp.float32
 
     def setup(self):
-        self.body = build_resnet(self.backbone, self.dilation, self.norm, self.dtype)
+        self.body = build_resnet(self.backbone, self.dilation, self.norm, self.dtype,
+                                 self.train_stages)
         if self.position_embedding == 'sine':
             self.pos_embed = PositionEmbeddingSine(self.hidden_dim // 2)
         else:
