@@ -194,3 +194,15 @@ def test_synthetic_source_through_pipeline(tmp_path):
     assert len(src) == 40 and src.num_classes == 6
     batch = next(iter(InputPipeline(src, cfg)))
     assert batch['images'].dtype == np.uint8 and batch['valid'].any()
+
+
+def test_fit_buckets_cover_everything_and_pad_less_with_more_shapes():
+    from detr_jax.data.transforms import fit_buckets, padding_overhead
+    rng = np.random.default_rng(0)
+    sizes = [(int(h), int(w)) for h, w in rng.integers(200, 700, size=(400, 2))]
+    overheads = []
+    for k in (1, 4, 12):
+        b = fit_buckets(sizes, k)
+        assert len(b) <= k and all(h % 32 == 0 and w % 32 == 0 for h, w in b)
+        overheads.append(padding_overhead(sizes, b))  # raises if a size fits no bucket
+    assert overheads[0] > overheads[1] > overheads[2] >= 1.0

@@ -108,3 +108,26 @@ def padding_overhead(sizes_hw, buckets):
     return padded / real
 
 
+
+
+def fit_buckets(sizes_hw, k, step=32):
+    """Greedily picks `k` bucket shapes (multiples of `step`) for a sample of
+    final image sizes, minimizing the total padded area; the first bucket
+    covers every size. Run it on your data's sizes (e.g. sampled with
+    `sample_train_params`) to trade compilations for padding."""
+    sizes = np.asarray(sizes_hw, np.int64).reshape(-1, 2)
+    up = -(-sizes // step) * step
+    cands = np.unique(up, axis=0)
+    top = up.max(0)
+    chosen = [tuple(int(v) for v in top)]
+    best = np.full(len(sizes), top[0] * top[1], np.int64)  # each image's padded area
+    fits = (cands[:, None, 0] >= sizes[None, :, 0]) & (cands[:, None, 1] >= sizes[None, :, 1])
+    area = (cands[:, 0] * cands[:, 1])[:, None]
+    while len(chosen) < k:
+        gain = np.where(fits, np.maximum(best[None] - area, 0), 0).sum(1)
+        i = int(gain.argmax())
+        if gain[i] <= 0:
+            break
+        chosen.append(tuple(int(v) for v in cands[i]))
+        best = np.where(fits[i], np.minimum(best, area[i, 0]), best)
+    return sorted(chosen)
