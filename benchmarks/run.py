@@ -323,16 +323,18 @@ def merge_rows(rows, readme_text):
     old = re.search(r'<!-- BENCHMARKS -->(.*)<!-- /BENCHMARKS -->', readme_text, re.S)
     if not old:
         return rows
-    new_names = {r[0] for r in rows}
-    kept = []
+    new = {r[0]: r for r in rows}
+    merged = []
     for line in old.group(1).splitlines():
         cells = [c.strip() for c in line.strip().strip('|').split('|')]
-        if len(cells) == 5 and cells[0] not in ('measurement', '---') and cells[0] not in new_names:
+        if len(cells) != 5 or cells[0] in ('measurement', '---'):
+            continue
+        if cells[0] in new:  # re-measured: in its old place
+            merged.append(new.pop(cells[0]))
+        else:
             num = lambda v: None if v == '-' else float(v)  # noqa: E731
-            kept.append((cells[0], num(cells[1]), num(cells[2]), cells[4]))
-    order = [r[0] for r in kept] + [r[0] for r in rows]
-    merged = {r[0]: r for r in kept + list(rows)}
-    return [merged[n] for n in dict.fromkeys(order)]
+            merged.append((cells[0], num(cells[1]), num(cells[2]), cells[4]))
+    return merged + list(new.values())
 
 
 def write_readme(text):

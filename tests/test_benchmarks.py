@@ -1,0 +1,16 @@
+"""The benchmark harness's table handling (the measurements themselves run
+in benchmarks/, not in tests)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'benchmarks'))
+import run  # noqa: E402
+
+
+def test_partial_run_replaces_its_rows_in_place():
+    readme = ('x\n<!-- BENCHMARKS -->\n' + run.table([('a', 1.0, 2.0, 'n1'), ('b', 3.0, None, '')])
+              + '\n<!-- /BENCHMARKS -->\n')
+    merged = run.merge_rows([('b', 5.0, None, 'new'), ('c', 1.0, 4.0, '')], readme)
+    assert merged == [('a', 1.0, 2.0, 'n1'), ('b', 5.0, None, 'new'), ('c', 1.0, 4.0, '')]
+    assert '| a | 1 | 2 | 0.50 | n1 |' in run.table(merged)
