@@ -134,3 +134,29 @@ def test_image_size_validation():
         validate_image_size(tiny_model_config(), 100, 64)
     with pytest.raises(ValueError, match='over 50 cells'):
         validate_image_size(tiny_model_config(position_embedding='learned'), 32 * 64, 64)
+
+
+def test_trainable_batchnorm_and_groupnorm_backbones():
+    images = jax.random.normal(jax.random.PRNGKey(2), (2, 64, 64, 3))
+    mask = jnp.ones((2, 64, 64), bool)
+    bn = build_model(tiny_model_config(norm='bn'))
+    v = bn.init(jax.random.PRNGKey(0), images, mask)
+    assert set(v['params']['backbone']['bn1']['bn']) == {'scale', 'bias'}  # trainable affine
+    _, upd = bn.apply(v, images, mask, train=True, mutable=['batch_stats'],
+                      rngs={'dropout': jax.random.PRNGKey(1)})
+    before = v['batch_stats']['backbone']['bn1']['bn']['mean']
+    after = upd['batch_stats']['backbone']['bn1']['bn']['mean']
+    assert not np.allclose(before, after)  # running statistics move in training
+    gn = build_model(tiny_model_config(norm='gn'))
+    vg = gn.init(jax.random.PRNGKey(0), images, mask)
+    assert 'batch_stats' not in vg and 'gn' in vg['params']['backbone']['bn1']
+
+
+def test_normalize_zeroes_padding():
+    from detr_jax.data.normalize import normalize
+    img = jnp.full((1, 4, 4, 3), 200, jnp.uint8)
+    mask = jnp.zeros((1, 4, 4), bool).at[0, :2, :3].set(True)
+    x = normalize(img, mask)
+    assert (x[0][~np.asarray(mask[0])] == 0).all()
+    np.testing.assert_allclose(x[0, 0, 0], (200 / 255 - np.array([0.485, 0.456, 0.406]))
+                               / np.array([0.229, 0.224, 0.225]), rtol=1e-6)

@@ -227,3 +227,18 @@ def test_finetune_from_converted_reinitializes_only_the_class_head(tmp_path, cac
         else:
             for a, b in zip(jax.tree_util.tree_leaves(got[k]), jax.tree_util.tree_leaves(want[k])):
                 np.testing.assert_array_equal(a, b)
+
+
+def test_gradient_accumulation(cache_dir):
+    c = _config(cache_dir)
+    c.optim.grad_accum_steps = 2
+    batches = _batches(c, 2)
+    state, run, _ = _setup(c, jax.devices()[:1])
+    p0 = jax.device_get(state.params)
+    state, _ = run(state, batches[0])
+    p1 = jax.device_get(state.params)
+    state, _ = run(state, batches[1])
+    p2 = jax.device_get(state.params)
+    leaf = lambda p: p['transformer']['decoder_norm']['scale']  # noqa: E731
+    np.testing.assert_array_equal(leaf(p0), leaf(p1))  # the first micro-batch only accumulates
+    assert not np.array_equal(leaf(p1), leaf(p2))  # the second applies the update
