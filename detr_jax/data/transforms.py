@@ -91,16 +91,6 @@ def choose_bucket(h, w, buckets, where=''):
     return min(fits, key=lambda b: (b[0] * b[1], b))
 
 
-def default_buckets(max_size, short_sizes, step=32, per_side=4):
-    """A small set of bucket shapes (multiples of 32) for a recipe: square,
-    landscape and portrait sizes up to `max_size`. Tests and the benchmark
-    report their padding overhead."""
-    del short_sizes
-    top = int(np.ceil(max_size / step) * step)
-    sides = sorted({int(np.ceil(top * f / step) * step) for f in np.linspace(0.5, 1.0, per_side)})
-    return sorted({(a, b) for a in sides for b in sides})
-
-
 def padding_overhead(sizes_hw, buckets):
     """Bucket pixels over real pixels, summed over images (1.0 = no padding)."""
     real = sum(h * w for h, w in sizes_hw)
