@@ -3,7 +3,6 @@ training workdirs, read back as (model_config, variables)."""
 import json
 import os
 
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -30,13 +29,10 @@ def is_workdir(path):
 
 
 def load_converted(path):
-    from detr_jax.models import build_model
+    from detr_jax.models import abstract_variables, build_model
     with open(os.path.join(path, CONFIG_FILE)) as f:
         cfg = ml_collections.ConfigDict(json.load(f))
-    model = build_model(cfg)
-    import jax.numpy as jnp
-    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
-                              jnp.ones((1, 64, 64), bool))
+    abstract = abstract_variables(build_model(cfg))
     with ocp.StandardCheckpointer() as ckptr:
         variables = ckptr.restore(os.path.join(os.path.abspath(path), 'variables'), abstract)
     return cfg, variables

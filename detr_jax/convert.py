@@ -18,12 +18,12 @@ import re
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from detr_jax.coco_categories import coco_label_map
-from detr_jax.models import build_model, default_model_config
+from detr_jax.models import abstract_variables, build_model, default_model_config
+from detr_jax.models.backbone import RESNETS
 from detr_jax.pth_reader import CheckpointError, load_pth
 
 # --- our variable paths <-> the original's state-dict keys -------------------
@@ -153,7 +153,6 @@ def infer_model_config(state_dict, args=None, **overrides):
     bottleneck = f'{body}layer1.0.conv3.weight' in keys
     depth = tuple(_count(keys, f'{body}layer{s}.') for s in range(1, 5))
     width = sd[f'{p}{body}conv1.weight'].shape[0]
-    from detr_jax.models.backbone import RESNETS
     names = [n for n, (blk, sizes, w) in RESNETS.items()
              if (blk == 'bottleneck') == bottleneck and tuple(sizes) == depth and w == width]
     if not names:
@@ -354,10 +353,7 @@ def load_checkpoint(path, **overrides):
     extra = _hf_config_overrides(hf_cfg) if hf_cfg else {}
     extra.update(overrides)
     cfg = infer_model_config(sd, args, **extra)
-    module = build_model(cfg)
-    h = 64
-    template = jax.eval_shape(module.init, jax.random.PRNGKey(0),
-                              jnp.zeros((1, h, h, 3)), jnp.ones((1, h, h), bool))
+    template = abstract_variables(build_model(cfg))
     variables = variables_from_state_dict(sd, template, source=src)
     cfg.label_map = ml_collections.ConfigDict(
         {str(k): v for k, v in _label_map(cfg.num_classes, hf_cfg).items()})

@@ -243,7 +243,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     step_fn = jax.jit(functools.partial(
         train_step, model=model, config=config, tx=tx, mesh=mesh,
         norm_trainable=config.model.norm == 'bn'), donate_argnums=(0,))
-    data_sharding = NamedSharding(mesh, P('data'))
     weights = weight_dict(config.loss, config.model.dec_layers - 1 if config.model.aux_loss else 0,
                           with_masks)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
@@ -263,8 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         for cur in range(first, total_steps):
             batch = next(it)
             position = dict(pipeline.position)
-            gbatch = {k: jax.make_array_from_process_local_data(data_sharding, v)
-                      for k, v in batch.items() if k not in ('image_id', 'orig_size')}
+            gbatch = evaluate.to_global({k: v for k, v in batch.items()
+                                         if k not in ('image_id', 'orig_size')}, mesh)
             with jax.profiler.StepTraceAnnotation('train', step_num=cur):
                 state, metrics = step_fn(state, gbatch, step_rng)
             metrics = jax.device_get(metrics)

@@ -1,4 +1,5 @@
 """Model construction from a config: `build_model(config.model)`."""
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -77,6 +78,13 @@ def validate_image_size(cfg, height, width, where='image'):
         raise ValueError(
             f'{where} size {height}x{width} gives a feature map over 50 cells, the most '
             f'learned positions cover (max {50 * stride} pixels at stride {stride})')
+
+
+def abstract_variables(model, size=64):
+    """The model's variables as ShapeDtypeStructs (no compute, no memory):
+    the template checkpoints are read into. Shapes do not depend on `size`."""
+    return jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
+                          jnp.ones((1, size, size), bool))
 
 
 def build_model(cfg):
