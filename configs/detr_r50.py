@@ -2,7 +2,8 @@
 
 Command (TPU VM, every worker: see launch/run_tpu.sh):
   python -m detr_jax.main --config=configs/detr_r50.py --workdir=gs://BUCKET/detr_r50 \
-      --config.data.dataset=coco_folder --config.data.train_ann=... (or dataset=tfds)
+      --config.data.dataset=coco_folder --config.data.train_ann=...
+      (or --config.data.dataset=tfds --config.data.tfds_data_dir=gs://...)
 Hardware: the paper used 16 V100 for 3 days (500 epochs); a v3-32 slice with a
 batch of 64 (4 per core) is the equivalent. Wall time: not measured here (no
 accelerator).
@@ -21,7 +22,8 @@ def get_config():
     c = base_config()
     c.model.backbone = 'resnet50'
     c.model.num_classes = 91  # COCO ids as class indices, as the original
-    c.data.dataset = 'coco_folder'
+    c.data.dataset = 'coco_folder'  # or 'tfds' (coco/2017, ArrayRecord; data.tfds_data_dir)
+    c.data.class_index = 'category_id'  # the original's class layout
     c.data.batch_size = 64
     c.optim.lr, c.optim.lr_backbone = 1e-4, 1e-5
     c.optim.lr_drop_epochs = 200

@@ -25,7 +25,11 @@ def base_config():
         # COCO-format folder
         train_ann='', train_images='', val_ann='', val_images='',
         train_panoptic_png='', val_panoptic_png='',
-        # TFDS
+        # class indices: 'contiguous' (in category id order) or 'category_id'
+        # (index = id: the original's COCO layout, what converted checkpoints use)
+        class_index='contiguous',
+        # TFDS (ArrayRecord; labels mapped to COCO ids; val_ann, if set, is the
+        # official json used for evaluation instead of one built from TFDS)
         tfds_name='coco/2017', tfds_data_dir='',
         on_bad_input='error',       # 'error' | 'skip' (skipped and counted)
         # the original's augmentation (COCO sizes)

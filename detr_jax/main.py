@@ -1,5 +1,13 @@
 """Entry point: python -m detr_jax.main --config=configs/X.py --workdir=DIR
-[--mode=train|eval|train_and_eval] [--config.a.b=value ...]."""
+[--mode=train|eval|train_and_eval] [--config.a.b=value ...].
+
+Several hosts: on a TPU VM slice every worker runs the same command and
+`jax.distributed` finds its peers by itself; elsewhere (GPU hosts, or
+processes on one machine) give --coordinator_address=HOST:PORT,
+--num_processes and --process_id.
+"""
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -7,7 +15,24 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, logs, results and pictures go here.')
 flags.DEFINE_enum('mode', 'train_and_eval', ['train', 'eval', 'train_and_eval'], 'What to run.')
+flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-process).')
+flags.DEFINE_integer('num_processes', 1, 'Processes in a multi-process run.')
+flags.DEFINE_integer('process_id', 0, 'This process, 0..num_processes-1.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def init_distributed():
+    """jax.distributed for multi-process runs; a no-op for one process."""
+    import jax
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                   num_processes=FLAGS.num_processes,
+                                   process_id=FLAGS.process_id)
+    elif ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''):  # a multi-host TPU slice
+        jax.distributed.initialize()
+    if jax.process_count() > 1:
+        logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
+                     jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 def main(argv):
@@ -15,6 +40,7 @@ def main(argv):
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     from detr_jax import train  # after flags: keeps --help fast
     logging.set_verbosity(logging.INFO)
+    init_distributed()
     if FLAGS.mode == 'eval':
         train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
         return

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -37,13 +37,19 @@ class Source:
     segment_ids: Optional[List[np.ndarray]] = None  # per image [n], aligned with boxes
     panoptic_json: Optional[str] = None
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    # Sources without files (TFDS): reader(reader_index[i]) -> (image, panoptic
+    # image or None), each encoded bytes or a decoded array; image_paths then
+    # only name the examples in messages.
+    reader: Optional[Callable] = None
+    reader_index: Optional[np.ndarray] = None
 
     def __len__(self):
         return len(self.image_paths)
 
     @property
     def num_classes(self):
-        return len(self.label_map)
+        """Classifier outputs the labels need (indices may be sparse: COCO ids)."""
+        return max(self.label_map) + 1 if self.label_map else 0
 
 
 def _load_json(path):
@@ -70,7 +76,7 @@ def _check_box(bbox, w, h):
     return ''
 
 
-def _index(data, ann_file, key='annotations'):
+def _index(data, ann_file, by_category_id=False):
     if 'images' not in data or 'categories' not in data:
         raise DataError(f'{ann_file}: a COCO json needs "images" and "categories"')
     images, seen = [], set()
@@ -80,15 +86,22 @@ def _index(data, ann_file, key='annotations'):
         seen.add(im['id'])
         images.append(im)
     cats = sorted(data['categories'], key=lambda c: c['id'])
-    label_map = {i: {'id': int(c['id']), 'name': c.get('name', str(c['id'])),
-                     'isthing': bool(c.get('isthing', 1))} for i, c in enumerate(cats)}
+    if by_category_id and cats and (not all(isinstance(c['id'], int) for c in cats)
+                                    or cats[0]['id'] < 0):
+        raise DataError(f'{ann_file}: class_index=category_id needs non-negative integer '
+                        'category ids')
+    label_map = {int(c['id']) if by_category_id else i:
+                 {'id': int(c['id']), 'name': c.get('name', str(c['id'])),
+                  'isthing': bool(c.get('isthing', 1))} for i, c in enumerate(cats)}
     return images, label_map
 
 
-def load_instances(ann_file, image_dir, on_bad_input='error', name=None):
-    """A COCO instances json + image folder -> Source."""
+def load_instances(ann_file, image_dir, on_bad_input='error', name=None, by_category_id=False):
+    """A COCO instances json + image folder -> Source. Class indices are
+    contiguous in id order, or with `by_category_id` the category ids
+    themselves (the original's layout for COCO: 91 classes)."""
     data = _load_json(ann_file)
-    images, label_map = _index(data, ann_file)
+    images, label_map = _index(data, ann_file, by_category_id)
     cat_to_idx = {v['id']: k for k, v in label_map.items()}
     by_image = collections.defaultdict(list)
     skipped = collections.Counter()
@@ -138,14 +151,15 @@ def load_instances(ann_file, image_dir, on_bad_input='error', name=None):
                   ann_file=ann_file, skipped=skipped)
 
 
-def load_panoptic(ann_file, image_dir, png_dir, on_bad_input='error', name=None):
+def load_panoptic(ann_file, image_dir, png_dir, on_bad_input='error', name=None,
+                  by_category_id=False):
     """A COCO panoptic json + images + segment PNGs -> Source with masks.
 
     Things and stuff both become targets (the original's panoptic
     training); crowd segments are dropped from targets.
     """
     data = _load_json(ann_file)
-    images, label_map = _index(data, ann_file)
+    images, label_map = _index(data, ann_file, by_category_id)
     cat_to_idx = {v['id']: k for k, v in label_map.items()}
     anns = {a['image_id']: a for a in data.get('annotations', [])}
     skipped = collections.Counter()

@@ -35,8 +35,18 @@ def build_source(cfg, split):
         if not ann or not images:
             raise DataError(f'config.data.{split}_ann and config.data.{split}_images must be set '
                             'for dataset=coco_folder')
+        by_id = cfg.get('class_index', 'contiguous') == 'category_id'
         if cfg.panoptic:
             png = cfg.train_panoptic_png if split == 'train' else cfg.val_panoptic_png
-            return load_panoptic(ann, images, png, on_bad)
-        return load_instances(ann, images, on_bad)
-    raise DataError(f"config.data.dataset={cfg.dataset!r}: must be 'synthetic' or 'coco_folder'")
+            return load_panoptic(ann, images, png, on_bad, by_category_id=by_id)
+        return load_instances(ann, images, on_bad, by_category_id=by_id)
+    if cfg.dataset == 'tfds':
+        from detr_jax.data.tfds_source import load_tfds
+        if cfg.panoptic != ('panoptic' in cfg.tfds_name):
+            raise DataError(f'config.data.tfds_name={cfg.tfds_name!r} does not match '
+                            f'config.data.panoptic={cfg.panoptic}')
+        cache = os.path.join(cfg.cache_dir, 'tfds_index') if cfg.cache_dir else ''
+        return load_tfds(cfg.tfds_name, split, cfg.tfds_data_dir, on_bad, cache_dir=cache,
+                         ann_file=cfg.val_ann if split != 'train' else '')
+    raise DataError(f"config.data.dataset={cfg.dataset!r}: must be 'synthetic', 'coco_folder' "
+                    "or 'tfds'")

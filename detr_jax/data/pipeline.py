@@ -19,6 +19,8 @@ masks, `masks` [B, M, H, W] bool.
 """
 import collections
 import dataclasses
+import functools
+import io
 import logging
 from typing import Dict, List, Tuple
 
@@ -103,21 +105,41 @@ def plan_eval(source: Source, cfg, batch_size=None):
 SKIPPED = collections.Counter()
 
 
-def _decode(path, png, segs, h0, w0, skip_bad):
+def _to_rgb(im, exif=True):
+    if exif:
+        im = ImageOps.exif_transpose(im)
+    if im.mode in ('I;16', 'I;16B', 'I'):
+        arr = np.asarray(im, np.float32)
+        im = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+    return np.asarray(im.convert('RGB'), np.uint8)
+
+
+def _open(x, exif=True):
+    """An image file path, encoded bytes, or an already decoded array.
+    `exif=False` keeps the stored orientation (TFDS: its boxes are relative
+    to the stored pixels, and TFDS's own decoder ignores EXIF)."""
+    if isinstance(x, np.ndarray):
+        x = x if x.ndim == 3 else x[..., None]
+        return np.broadcast_to(x, x.shape[:2] + (3,)).astype(np.uint8)
+    with Image.open(io.BytesIO(x) if isinstance(x, bytes) else x) as im:
+        return _to_rgb(im, exif)
+
+
+def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None):
     """Host decode: any PIL image (grayscale, CMYK, 16-bit, EXIF-rotated) to
-    RGB uint8, and panoptic masks [h, w, M] for the given segment ids.
+    RGB uint8, and panoptic masks [h, w, M] for the given segment ids. Files
+    are read from `path`/`png`, or with a `reader` (TFDS) from example `index`.
 
     An unreadable image is an error naming the file, or with `skip_bad` a
     black image whose targets the caller drops (shapes stay static), counted
     in SKIPPED."""
-    path = path.decode()
+    path, pan = path.decode(), None
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ('I;16', 'I;16B', 'I'):
-                arr = np.asarray(im, np.float32)
-                im = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
-            img = np.asarray(im.convert('RGB'), np.uint8)
+        if reader is not None:
+            data, pan = reader(int(index))
+            img = _open(data, exif=False)
+        else:
+            img = _open(path)
         if img.shape[:2] != (h0, w0):
             raise ValueError(f'decoded size {img.shape[0]}x{img.shape[1]} differs from the '
                              f'annotated {h0}x{w0}')
@@ -127,8 +149,8 @@ def _decode(path, png, segs, h0, w0, skip_bad):
         SKIPPED[f'{type(e).__name__}: {str(e)[:60]}'] += 1
         return (np.zeros((h0, w0, 3), np.uint8), np.zeros((h0, w0, len(segs)), np.uint8),
                 np.bool_(False))
-    if png:
-        ids = np.asarray(Image.open(png.decode()).convert('RGB'), np.int64)
+    if png or pan is not None:
+        ids = _open(pan if pan is not None else png.decode()).astype(np.int64)
         ids = ids[..., 0] + 256 * ids[..., 1] + 65536 * ids[..., 2]
         masks = (ids[..., None] == segs[None, None, :]).astype(np.uint8)
     else:
@@ -136,9 +158,10 @@ def _decode(path, png, segs, h0, w0, skip_bad):
     return img, masks, np.bool_(True)
 
 
-def _tf_transform(e, with_masks, skip_bad):
+def _tf_transform(e, with_masks, skip_bad, reader):
     img, masks, ok = tf.numpy_function(
-        _decode, [e['path'], e['png'], e['segs'], e['h0'], e['w0'], skip_bad],
+        functools.partial(_decode, reader=reader),
+        [e['path'], e['png'], e['segs'], e['h0'], e['w0'], skip_bad, e['index']],
         [tf.uint8, tf.uint8, tf.bool])
     img = tf.reshape(img, tf.stack([e['h0'], e['w0'], 3]))
     masks = tf.reshape(masks, tf.stack([e['h0'], e['w0'], tf.shape(e['segs'])[0]]))
@@ -187,6 +210,8 @@ def _elements(source, batches, cfg, lo, hi):
             n = len(it.labels)
             rows['filler'].append(it.index < 0)
             rows['path'].append('' if it.index < 0 else source.image_paths[it.index])
+            rows['index'].append(-1 if it.index < 0 or source.reader is None
+                                 else int(source.reader_index[it.index]))
             png = None
             if it.index >= 0 and source.panoptic_pngs is not None:
                 png = source.panoptic_pngs[it.index]
@@ -213,6 +238,7 @@ def _elements(source, batches, cfg, lo, hi):
     out = {k: np.array(v) for k, v in rows.items()}
     for k in ('h0', 'w0', 'resize1', 'crop', 'size', 'bucket', 'orig_size'):
         out[k] = out[k].astype(np.int32)
+    out['index'] = out['index'].astype(np.int64)
     return out
 
 
@@ -224,7 +250,8 @@ def make_tf_dataset(source, batches, cfg, local_batch, lo, hi, with_masks=False)
     skip_bad = cfg.get('on_bad_input', 'error') == 'skip'
     ds = tf.data.Dataset.from_tensor_slices(el)
     ds = ds.map(lambda e: tf.cond(e['filler'], lambda: _filler_transform(e, with_masks),
-                                  lambda: _tf_transform(e, with_masks, skip_bad)),
+                                  lambda: _tf_transform(e, with_masks, skip_bad,
+                                                        source.reader)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(local_batch).prefetch(cfg.get('prefetch', 2))
 
