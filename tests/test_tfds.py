@@ -8,7 +8,6 @@ random, inconsistent examples that must be rejected or counted.
 """
 import functools
 import json
-import os
 import zipfile
 from unittest import mock
 

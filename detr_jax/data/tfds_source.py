@@ -132,7 +132,7 @@ def image_size(image):
     return int(image.shape[0]), int(image.shape[1])
 
 
-def _check_objects(objs, num_labels):
+def _check_objects(objs):
     """'' if the example's objects are consistent, else why."""
     lengths = {k: len(np.asarray(objs[k])) for k in ('bbox', 'label', 'is_crowd', 'id', 'area')
                if k in objs}
@@ -176,7 +176,7 @@ def build_index(reader, on_bad_input='error', progress_every=5000):
         if progress_every and (i + 1) % progress_every == 0:
             logging.info('indexing %s %s: %d/%d examples', reader.name, reader.split, i + 1, n)
         objs = ex[key]
-        why = _check_objects(objs, len(ids_table))
+        why = _check_objects(objs)
         if not why and image_id in seen:
             why = 'duplicate image id'
         if not why:
