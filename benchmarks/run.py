@@ -259,10 +259,51 @@ def bench_input_and_buckets(rows):
                  sum(1333 * 1333 for _ in ev) / sum(h * w for h, w in ev), 'vs 1333x1333'))
 
 
+def _images_per_sec(src, c, batches=10):
+    from detr_jax.data.pipeline import InputPipeline
+    it = iter(InputPipeline(src, c))
+    next(it)
+    t, n = time.perf_counter(), 0
+    for _ in range(batches):
+        n += len(next(it)['images'])
+    return n / (time.perf_counter() - t)
+
+
+def _tfds_from_folder(folder, root):
+    """TFDS's coco/2017 builder prepared (ArrayRecord) from a COCO folder."""
+    import json
+    import shutil
+    sys.path.insert(0, os.path.join(ROOT, 'tests'))
+    import tfds_fake
+    from detr_jax.coco_categories import COCO_CATEGORIES
+    things = [{'id': i, 'name': n} for i, n, t in COCO_CATEGORIES if t]
+    data = json.load(open(folder['instances']))
+    data['categories'] = things  # synthetic ids 1..6 are COCO thing ids
+    ann = os.path.join(root, 'ann', 'annotations')
+    os.makedirs(ann)
+    paths = {'train_annotations': os.path.dirname(ann), 'validation_annotations':
+             os.path.dirname(ann), 'test_annotations': os.path.dirname(ann)}
+    for split, key, images in (('train2017', 'train', data['images']),
+                               ('val2017', 'validation', data['images'][:2]),
+                               ('test2017', 'test', data['images'][:1])):
+        d = os.path.join(root, key, split)
+        os.makedirs(d)
+        for im in images:
+            shutil.copy(os.path.join(folder['images'], im['file_name']), d)
+        ids = {im['id'] for im in images}
+        sub = dict(data, images=images,
+                   annotations=[a for a in data['annotations'] if a['image_id'] in ids])
+        name = f'image_info_{split}.json' if key == 'test' else f'instances_{split}.json'
+        json.dump(sub, open(os.path.join(ann, name), 'w'))
+        paths[f'{key}_images'] = os.path.dirname(d)
+    return tfds_fake.prepare(paths, os.path.join(root, 'tfds'))
+
+
 def bench_pipeline(rows, tmpdir):
     from detr_jax.config_defaults import base_config
-    from detr_jax.data.datasets import build_source
-    from detr_jax.data.pipeline import InputPipeline
+    from detr_jax.data import synthetic
+    from detr_jax.data.datasets import build_source, synthetic_root
+    from detr_jax.data.tfds_source import load_tfds
     sys.path.insert(0, os.path.join(ROOT, 'configs'))
     import demo
     for name, c in (('demo sizes', demo.get_config().data), ('COCO recipe sizes', None)):
@@ -272,12 +313,17 @@ def bench_pipeline(rows, tmpdir):
             c.num_train, c.batch_size = 128, 8
         c.cache_dir = tmpdir
         src = build_source(c, 'train')
-        it = iter(InputPipeline(src, c))
-        next(it)
-        t, n = time.perf_counter(), 0
-        for _ in range(10):
-            n += len(next(it)['images'])
-        rows.append((f'input pipeline images/s ({name})', n / (time.perf_counter() - t), None, ''))
+        rows.append((f'input pipeline images/s ({name})', _images_per_sec(src, c), None, ''))
+    # TFDS (ArrayRecord, random access) vs the same images as a COCO folder
+    folder = synthetic.write_coco(os.path.join(synthetic_root(c), f'n{c.num_train}'), 'train',
+                                  c.num_train, min_size=c.min_image, max_size=c.max_image)
+    data_dir = _tfds_from_folder(folder, os.path.join(tmpdir, 'tfds_bench'))
+    tf_src = load_tfds('coco/2017', 'train', data_dir, cache_dir=os.path.join(tmpdir, 'idx'))
+    c.max_boxes = 100
+    ours = _images_per_sec(tf_src, c)
+    rows.append(('input pipeline images/s, TFDS coco/2017 vs COCO folder (COCO recipe sizes)',
+                 ours, _images_per_sec(build_source(c, 'train'), c),
+                 'images/s: ratio > 1 = TFDS faster; same images (TFDS: JPEG, folder: PNG)'))
 
 
 def bench_memory(rows, tmpdir):

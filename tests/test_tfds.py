@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.testing import mocking
 
+import tfds_fake
 from test_data import small_data_cfg
 from detr_jax import evaluate
 from detr_jax.coco_categories import COCO_CATEGORIES
@@ -87,23 +88,9 @@ def _write_download(root, panoptic):
     return paths
 
 
-def _extract(self, path):
-    out = str(path) + '_extracted'
-    with zipfile.ZipFile(path) as z:
-        z.extractall(out)
-    return out
-
-
 def _prepare(root, names, file_format):
     paths = _write_download(root / 'download', panoptic=True)
-    data_dir = str(root / 'data')
-    with mock.patch.object(tfds.download.DownloadManager, 'download_and_extract',
-                           lambda self, urls: {k: paths[k] for k in urls}), \
-            mock.patch.object(tfds.download.DownloadManager, 'extract', _extract):
-        for name in names:
-            tfds.builder(name, data_dir=data_dir, file_format=file_format).download_and_prepare(
-                download_dir=str(root / 'dl'))
-    return data_dir
+    return tfds_fake.prepare(paths, root / 'data', names, file_format)
 
 
 @pytest.fixture(scope='module')
