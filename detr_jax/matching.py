@@ -41,8 +41,14 @@ def matching_cost(logits, boxes, tgt_labels, tgt_boxes, valid, matcher_cfg):
 
 
 def _scipy_host(cost, valid):
-    """cost [L, B, Q, M], valid [B, M] (numpy) -> [L, B, M] int32."""
+    """cost [L, B, Q, M], valid [B, M] (numpy) -> [L, B, M] int32.
+
+    Non-finite costs (a diverged model) become large finite ones, so the
+    step completes and the loop reports the non-finite loss by step and term
+    instead of an error from inside the callback."""
     cost, valid = np.asarray(cost), np.asarray(valid)
+    if not np.isfinite(cost).all():
+        cost = np.nan_to_num(cost, nan=1e30, posinf=1e30, neginf=-1e30)
     out = np.zeros(cost.shape[:2] + cost.shape[3:], np.int32)
     for b in range(cost.shape[1]):
         cols = np.flatnonzero(valid[b])

@@ -8,6 +8,7 @@ Orbax checkpoints hold the state and the data position; a run resumes from
 the latest one by itself; SIGTERM writes one before exiting; a non-finite
 loss stops the run naming the step and the terms, and writes nothing.
 """
+import collections
 import functools
 import json
 import logging
@@ -166,6 +167,39 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
+class _Metrics:
+    """Step metrics fetched from the device a few steps late (the host keeps
+    dispatching while they compute), each checked for a non-finite loss,
+    and averaged for the log."""
+
+    def __init__(self, lag, checkpointed):
+        self.lag, self.checkpointed = lag, checkpointed
+        self.inflight = collections.deque()
+        self.sums, self.n = {}, 0
+
+    def add(self, step, metrics):
+        self.inflight.append((step, metrics))
+        self.drain(self.lag)
+
+    def drain(self, keep=0):
+        while len(self.inflight) > keep:
+            step, m = self.inflight.popleft()
+            m = jax.device_get(m)
+            if not np.isfinite(m['loss']):
+                bad = {k: float(v) for k, v in m.items()}
+                raise NonFiniteLoss(f'non-finite loss at step {step}: {bad}; the last good '
+                                    f'checkpoint (step {self.checkpointed()}) is kept')
+            for k, v in m.items():
+                self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.n += 1
+
+    def mean(self):
+        self.drain()
+        out = {k: v / max(self.n, 1) for k, v in self.sums.items()}
+        n, self.sums, self.n = self.n, {}, 0
+        return out, n
+
+
 def _checkpoint_manager(workdir, config):
     options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
                                            enable_async_checkpointing=True, create=True)
@@ -255,8 +289,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     first = int(state.step)
     logging.info('training %s: %d steps (%d per epoch), %d devices', source.name, total_steps,
                  steps_per_epoch, jax.device_count())
-    sums, n_sum, t0 = {}, 0, time.time()
+    t0 = time.time()
     last_metrics = {}
+    # metrics are read 2 steps late: the host prepares the next steps meanwhile
+    window = _Metrics(lag=2, checkpointed=mngr.latest_step)
     it = iter(pipeline)
     try:
         for cur in range(first, total_steps):
@@ -266,20 +302,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                                          if k not in ('image_id', 'orig_size')}, mesh)
             with jax.profiler.StepTraceAnnotation('train', step_num=cur):
                 state, metrics = step_fn(state, gbatch, step_rng)
-            metrics = jax.device_get(metrics)
-            if not np.isfinite(metrics['loss']):
-                bad = {k: float(v) for k, v in metrics.items()}
-                raise NonFiniteLoss(f'non-finite loss at step {cur + 1}: {bad}; the last good '
-                                    f'checkpoint (step {mngr.latest_step()}) is kept')
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            n_sum += 1
             done = cur + 1
+            window.add(done, metrics)
             for h in hooks:
                 h(done)
             if done % config.train.log_every == 0 or done == total_steps:
+                means, n_sum = window.mean()
                 dt = time.time() - t0
-                scalars = {f'train/{k}': v / n_sum for k, v in sums.items()}
+                scalars = {f'train/{k}': v for k, v in means.items()}
                 scalars.update({f'train/{k}_weighted': scalars[f'train/{k}'] * w
                                 for k, w in weights.items() if f'train/{k}' in scalars})
                 scalars.update({'train/lr': float(lr_sched(done)),
@@ -288,8 +318,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                                 'train/images_per_sec': n_sum * config.data.batch_size / dt})
                 writer.write_scalars(done, scalars)
                 last_metrics = scalars
-                sums, n_sum, t0 = {}, 0, time.time()
+                t0 = time.time()
             if done % config.train.checkpoint_every == 0 or done == total_steps or preempt.requested:
+                window.drain()  # nothing non-finite goes into a checkpoint
                 _save(mngr, done, state, position, config, source.label_map)
             if preempt.requested:
                 mngr.wait_until_finished()
