@@ -100,3 +100,42 @@ def test_bad_images_skipped_and_counted(tmp_path):
     for _ in range(len(pipe.plan(0))):
         next(it)
     assert sum(pipe.skipped_last_epoch.values()) >= 1
+
+
+def test_exif_rotated_and_16_bit_images(tmp_path):
+    """An EXIF-rotated JPEG is used as displayed (annotations refer to the
+    displayed image), a 16-bit PNG is scaled to 8 bits; objects stay under
+    their boxes."""
+    img_dir = tmp_path / 'images'
+    img_dir.mkdir()
+    raw = np.zeros((64, 96, 3), np.uint8)  # stored 96 wide, 64 high
+    raw[4:20, 8:40] = (250, 250, 250)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise: 64 wide, 96 high
+    Image.fromarray(raw).save(img_dir / 'rot.jpg', exif=exif, quality=95)
+    shown = np.rot90(raw, k=-1)
+    ys, xs = np.nonzero(shown[..., 0] > 128)
+    rot_box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+               int(ys.max() - ys.min() + 1)]
+    deep = np.full((64, 64), 1000, np.uint16)
+    deep[30:50, 10:30] = 60000
+    Image.fromarray(deep).save(img_dir / 'deep.png')
+    assert Image.open(img_dir / 'deep.png').mode.startswith('I')
+    images = [{'id': 1, 'file_name': 'rot.jpg', 'height': 96, 'width': 64},
+              {'id': 2, 'file_name': 'deep.png', 'height': 64, 'width': 64}]
+    anns = [{'id': 1, 'image_id': 1, 'category_id': 1, 'bbox': rot_box, 'area': 1, 'iscrowd': 0},
+            {'id': 2, 'image_id': 2, 'category_id': 1, 'bbox': [10, 30, 20, 20], 'area': 1,
+             'iscrowd': 0}]
+    path = tmp_path / 'ann.json'
+    path.write_text(json.dumps({'images': images, 'annotations': anns,
+                                'categories': [{'id': 1, 'name': 'thing'}]}))
+    cfg = small_data_cfg(eval_size=96, eval_max_size=96, eval_batch_size=2,
+                         eval_buckets=((96, 96),))
+    (batch,) = list(eval_batches(load_instances(str(path), str(img_dir)), cfg))
+    for k in range(2):
+        h, w = batch['size'][k]
+        assert batch['valid'][k, 0]
+        cx, cy, bw, bh = batch['boxes'][k, 0] * [w, h, w, h]
+        img = batch['images'][k].astype(int)
+        assert img[int(cy), int(cx)].min() > 200  # the bright object is under its box
+        assert img[int(cy - bh / 2) - 3, int(cx)].max() < 60 or cy - bh / 2 < 3
