@@ -28,7 +28,12 @@ def param_labels(params, model_cfg, lr_backbone):
 
 
 def lr_schedules(cfg, steps_per_epoch):
-    drop = int(cfg.lr_drop_epochs * steps_per_epoch)
+    """(lr, backbone lr) as functions of the optimizer update count. With
+    gradient accumulation an update takes `grad_accum_steps` train steps, so
+    the drop comes after `lr_drop_epochs` epochs whatever the accumulation;
+    `warmup_steps` counts updates."""
+    updates_per_epoch = steps_per_epoch / max(1, cfg.grad_accum_steps)
+    drop = int(cfg.lr_drop_epochs * updates_per_epoch)
 
     def make(base):
         sched = optax.piecewise_constant_schedule(base, {drop: cfg.lr_drop_factor}) \
@@ -39,6 +44,12 @@ def lr_schedules(cfg, steps_per_epoch):
         return sched
 
     return make(cfg.lr), make(cfg.lr_backbone)
+
+
+def applied_lr(schedule, steps_done, grad_accum_steps=1):
+    """The lr of the last update applied after `steps_done` train steps (what
+    the train loop logs)."""
+    return float(schedule(max(steps_done // max(1, grad_accum_steps) - 1, 0)))
 
 
 def build_optimizer(params, optim_cfg, model_cfg, steps_per_epoch):

@@ -32,7 +32,7 @@ from detr_jax.data.normalize import normalize
 from detr_jax.data.pipeline import InputPipeline
 from detr_jax.losses import set_criterion, weight_dict
 from detr_jax.models import build_model, validate_image_size
-from detr_jax.optim import build_optimizer
+from detr_jax.optim import applied_lr, build_optimizer
 
 
 @flax.struct.dataclass
@@ -312,8 +312,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                 scalars = {f'train/{k}': v for k, v in means.items()}
                 scalars.update({f'train/{k}_weighted': scalars[f'train/{k}'] * w
                                 for k, w in weights.items() if f'train/{k}' in scalars})
-                scalars.update({'train/lr': float(lr_sched(done)),
-                                'train/lr_backbone': float(lr_bb_sched(done)),
+                accum = config.optim.grad_accum_steps
+                scalars.update({'train/lr': applied_lr(lr_sched, done, accum),
+                                'train/lr_backbone': applied_lr(lr_bb_sched, done, accum),
                                 'train/steps_per_sec': n_sum / dt,
                                 'train/images_per_sec': n_sum * config.data.batch_size / dt})
                 writer.write_scalars(done, scalars)

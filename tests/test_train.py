@@ -9,6 +9,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -17,7 +18,7 @@ from detr_jax import checkpoints, train
 from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import InputPipeline
 from detr_jax.models import build_model
-from detr_jax.optim import build_optimizer
+from detr_jax.optim import applied_lr, build_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'tests', 'tiny_config.py')
@@ -242,3 +243,33 @@ def test_gradient_accumulation(cache_dir):
     leaf = lambda p: p['transformer']['decoder_norm']['scale']  # noqa: E731
     np.testing.assert_array_equal(leaf(p0), leaf(p1))  # the first micro-batch only accumulates
     assert not np.array_equal(leaf(p1), leaf(p2))  # the second applies the update
+
+
+@pytest.mark.parametrize('accum', [1, 2])
+def test_lr_drop_comes_after_lr_drop_epochs_with_accumulation(accum):
+    # constant gradients: each AdamW update (no weight decay) moves a
+    # parameter by exactly the lr it applied, so the deltas show the schedule
+    c = tiny_config.get_config()
+    o = c.optim
+    o.lr, o.lr_backbone, o.weight_decay, o.clip_norm = 1e-2, 0.0, 0.0, 0.0
+    o.warmup_steps, o.lr_drop_epochs, o.lr_drop_factor = 0, 1, 0.1
+    o.grad_accum_steps = accum
+    steps_per_epoch = 4
+    params = {'head': {'w': np.zeros(3, np.float32)}}
+    tx, _, (lr_sched, _) = build_optimizer(params, o, c.model, steps_per_epoch)
+    opt_state, p, applied = tx.init(params), params, []
+    for step in range(2 * steps_per_epoch):
+        upd, opt_state = tx.update({'head': {'w': np.ones(3, np.float32)}}, opt_state, p)
+        new = optax.apply_updates(p, upd)
+        applied.append(float(p['head']['w'][0] - new['head']['w'][0]))
+        p = new
+    applied = np.array(applied)
+    updates = applied[applied != 0]
+    assert len(updates) == 2 * steps_per_epoch // accum
+    # the first epoch's updates at lr, the second's at lr * 0.1
+    np.testing.assert_allclose(updates, [1e-2] * (len(updates) // 2)
+                               + [1e-3] * (len(updates) // 2), rtol=1e-4)
+    # what the train loop logs at the end of each train step is what the step applied
+    logged = [applied_lr(lr_sched, s + 1, accum) for s in range(2 * steps_per_epoch)
+              if (s + 1) % accum == 0]
+    np.testing.assert_allclose(logged, updates, rtol=1e-4)
