@@ -100,11 +100,6 @@ def plan_eval(source: Source, cfg, batch_size=None):
     return batches
 
 
-# Images that could not be read in 'skip' mode, by reason; InputPipeline
-# reports and resets them at the end of every epoch.
-SKIPPED = collections.Counter()
-
-
 def _to_rgb(im, exif=True):
     if exif:
         im = ImageOps.exif_transpose(im)
@@ -125,14 +120,14 @@ def _open(x, exif=True):
         return _to_rgb(im, exif)
 
 
-def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None):
+def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None):
     """Host decode: any PIL image (grayscale, CMYK, 16-bit, EXIF-rotated) to
     RGB uint8, and panoptic masks [h, w, M] for the given segment ids. Files
     are read from `path`/`png`, or with a `reader` (TFDS) from example `index`.
 
     An unreadable image is an error naming the file, or with `skip_bad` a
     black image whose targets the caller drops (shapes stay static), counted
-    in SKIPPED."""
+    by reason in `skipped` (a Counter of the dataset being read)."""
     path, pan = path.decode(), None
     try:
         if reader is not None:
@@ -146,7 +141,8 @@ def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None):
     except (OSError, ValueError, SyntaxError) as e:
         if not skip_bad:
             raise DataError(f'{path}: cannot use image: {e}') from e
-        SKIPPED[f'{type(e).__name__}: {str(e)[:60]}'] += 1
+        if skipped is not None:
+            skipped[f'{type(e).__name__}: {str(e)[:60]}'] += 1
         return (np.zeros((h0, w0, 3), np.uint8), np.zeros((h0, w0, len(segs)), np.uint8),
                 np.bool_(False))
     if png or pan is not None:
@@ -158,9 +154,9 @@ def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None):
     return img, masks, np.bool_(True)
 
 
-def _tf_transform(e, with_masks, skip_bad, reader):
+def _tf_transform(e, with_masks, skip_bad, reader, skipped):
     img, masks, ok = tf.numpy_function(
-        functools.partial(_decode, reader=reader),
+        functools.partial(_decode, reader=reader, skipped=skipped),
         [e['path'], e['png'], e['segs'], e['h0'], e['w0'], skip_bad, e['index']],
         [tf.uint8, tf.uint8, tf.bool])
     img = tf.reshape(img, tf.stack([e['h0'], e['w0'], 3]))
@@ -242,8 +238,9 @@ def _elements(source, batches, cfg, lo, hi):
     return out
 
 
-def make_tf_dataset(source, batches, cfg, local_batch, lo, hi, with_masks=False):
-    """tf.data over planned batches (this host's slice [lo, hi) of each)."""
+def make_tf_dataset(source, batches, cfg, local_batch, lo, hi, with_masks=False, skipped=None):
+    """tf.data over planned batches (this host's slice [lo, hi) of each).
+    Images skipped as unreadable are counted in the Counter `skipped`."""
     if not batches:
         return None
     el = _elements(source, batches, cfg, lo, hi)
@@ -251,7 +248,7 @@ def make_tf_dataset(source, batches, cfg, local_batch, lo, hi, with_masks=False)
     ds = tf.data.Dataset.from_tensor_slices(el)
     ds = ds.map(lambda e: tf.cond(e['filler'], lambda: _filler_transform(e, with_masks),
                                   lambda: _tf_transform(e, with_masks, skip_bad,
-                                                        source.reader)),
+                                                        source.reader, skipped)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(local_batch).prefetch(cfg.get('prefetch', 2))
 
@@ -272,6 +269,7 @@ class InputPipeline:
         self.lo, self.hi = process_index * self.local, (process_index + 1) * self.local
         self.position = {'epoch': 0, 'batch': 0}
         self.skipped_last_epoch = {}
+        self._skipped = collections.Counter()
         self._plans: Dict[int, list] = {}
 
     def plan(self, epoch):
@@ -293,8 +291,9 @@ class InputPipeline:
         while True:
             epoch, start = self.position['epoch'], self.position['batch']
             batches = self.plan(epoch)
+            self._skipped = collections.Counter()  # this epoch's, not an eval's
             ds = make_tf_dataset(self.source, batches[start:], self.cfg, self.local, self.lo,
-                                 self.hi, self.with_masks)
+                                 self.hi, self.with_masks, self._skipped)
             for k, batch in enumerate(_surface_errors(ds)):
                 nxt = start + k + 1
                 if nxt < len(batches):
@@ -307,23 +306,33 @@ class InputPipeline:
 
     def _end_epoch(self, epoch):
         self.position = {'epoch': epoch + 1, 'batch': 0}
-        self.skipped_last_epoch = dict(SKIPPED)
-        if SKIPPED:
+        self.skipped_last_epoch = dict(self._skipped)
+        if self._skipped:
             logging.warning('epoch %d of %s: skipped unreadable images: %s', epoch,
-                            self.source.name, dict(SKIPPED))
-            SKIPPED.clear()
+                            self.source.name, self.skipped_last_epoch)
 
 
-def eval_batches(source: Source, cfg, process_index=0, process_count=1, with_masks=False):
-    """Every image of `source` once (fillers complete the last batches)."""
+def eval_batches(source: Source, cfg, process_index=0, process_count=1, with_masks=False,
+                 skipped=None):
+    """Every image of `source` once (fillers complete the last batches).
+    Unreadable images skipped (`on_bad_input=skip`) are counted in the
+    Counter `skipped` if given and logged when the pass ends; they stay in
+    the evaluation as black images."""
     bs = cfg.eval_batch_size
     if bs % process_count:
         raise ValueError(f'data.eval_batch_size={bs} must be divisible by {process_count} processes')
     local = bs // process_count
     batches = plan_eval(source, cfg, bs)
+    skipped = collections.Counter() if skipped is None else skipped
     ds = make_tf_dataset(source, batches, cfg, local, process_index * local,
-                         (process_index + 1) * local, with_masks)
-    return _surface_errors(ds)
+                         (process_index + 1) * local, with_masks, skipped)
+
+    def batches_then_report():
+        yield from _surface_errors(ds)
+        if skipped:
+            logging.warning('evaluation of %s: unreadable images evaluated as black: %s',
+                            source.name, dict(skipped))
+    return batches_then_report()
 
 
 def _surface_errors(ds):
