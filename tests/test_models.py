@@ -160,3 +160,31 @@ def test_normalize_zeroes_padding():
     assert (x[0][~np.asarray(mask[0])] == 0).all()
     np.testing.assert_allclose(x[0, 0, 0], (200 / 255 - np.array([0.485, 0.456, 0.406]))
                                / np.array([0.229, 0.224, 0.225]), rtol=1e-6)
+
+
+def test_dilation_layer3_gives_stride_8():
+    """`dilation_layer3` (with `dilation`) is torchvision's
+    replace_stride_with_dilation=[False, True, True]: layer3 and layer4 keep
+    stride 8, their 3x3 convs dilated 2 and 4 after each stage's first block."""
+    from detr_jax.models import feature_stride
+    images = jax.random.normal(jax.random.PRNGKey(2), (1, 64, 96, 3))
+    mask = jnp.ones((1, 64, 96), bool)
+    cfg = tiny_model_config(dilation=True, dilation_layer3=True)
+    assert feature_stride(cfg) == 8
+    model = build_model(cfg)
+    v = model.init(jax.random.PRNGKey(0), images, mask)
+    feats = model.apply(v, images, method=lambda m, x: m.body(x))
+    assert [f.shape[1:3] for f in feats] == [(16, 24), (8, 12), (8, 12), (8, 12)]
+    from detr_jax.models.backbone import build_resnet
+    # 2 blocks a stage; both 3x3 convs of a basic block dilate (torchvision has
+    # dilated bottlenecks only, whose single 3x3 conv follows the same rule)
+    r18 = build_resnet('resnet18', dilation=True, dilation_layer3=True)
+    jaxpr = jax.make_jaxpr(lambda x: r18.init_with_output(jax.random.PRNGKey(0), x)[0])(images)
+    dil = [tuple(e.params['rhs_dilation'])[0] for e in jaxpr.jaxpr.eqns
+           if e.primitive.name == 'conv_general_dilated']
+    # stem, layer1 (2x2), layer2 (2x2 + downsample), layer3: 1, 2 (+ downsample), layer4: 2, 4
+    assert dil == [1] * 10 + [1, 1, 1, 2, 2] + [2, 2, 1, 4, 4]
+    out = model.apply(v, images, mask)
+    assert out['pred_boxes'].shape[1:] == (cfg.num_queries, 4)
+    with pytest.raises(ValueError, match='dilation_layer3'):
+        build_model(tiny_model_config(dilation_layer3=True))

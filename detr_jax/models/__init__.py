@@ -15,6 +15,10 @@ def default_model_config():
     return ml_collections.ConfigDict(dict(
         backbone='resnet50',
         dilation=False,
+        # with `dilation`, also dilate layer3 (stride 8, torchvision's
+        # replace_stride_with_dilation=[False, True, True]): 4x the feature
+        # cells of DC5, for small inputs (the CPU demo)
+        dilation_layer3=False,
         norm='frozen_bn',
         # Which backbone stages the optimizer updates (the original: all but
         # the stem and layer1). Stages not listed keep their values exactly.
@@ -63,10 +67,14 @@ def validate_model_config(cfg):
         bad('train_stages', f'unknown stages {sorted(unknown)}')
     if not 0.0 <= cfg.dropout < 1.0:
         bad('dropout', 'must be in [0, 1)')
+    if cfg.get('dilation_layer3', False) and not cfg.dilation:
+        bad('dilation_layer3', 'needs model.dilation=True (layer4 dilated too)')
 
 
 def feature_stride(cfg):
-    return 16 if cfg.dilation else 32
+    if cfg.dilation:
+        return 8 if cfg.get('dilation_layer3', False) else 16
+    return 32
 
 
 def validate_image_size(cfg, height, width, where='image'):
@@ -95,7 +103,8 @@ def build_model(cfg):
         num_classes=cfg.num_classes, num_queries=cfg.num_queries, hidden_dim=cfg.hidden_dim,
         nheads=cfg.nheads, enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
         dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, pre_norm=cfg.pre_norm,
-        backbone=cfg.backbone, dilation=cfg.dilation, norm=cfg.norm,
+        backbone=cfg.backbone, dilation=cfg.dilation,
+        dilation_layer3=cfg.get('dilation_layer3', False), norm=cfg.norm,
         position_embedding=cfg.position_embedding, aux_loss=cfg.aux_loss,
         remat=cfg.remat, train_stages=tuple(cfg.train_stages), dtype=_DTYPES[cfg.dtype])
     return DETRPanoptic(detr=detr) if cfg.masks else detr

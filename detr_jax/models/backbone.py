@@ -75,12 +75,15 @@ class ResNet(nn.Module):
 
     Returns the outputs of layer1..layer4 as a list (strides 4, 8, 16, 32; with
     `dilation`, layer4 keeps stride 16 and dilates its 3x3 convs, as
-    torchvision's `replace_stride_with_dilation=[False, False, True]`).
+    torchvision's `replace_stride_with_dilation=[False, False, True]`; with
+    `dilation_layer3` as well, layer3 and layer4 keep stride 8,
+    `[False, True, True]`).
     """
     block: str = 'bottleneck'
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
     width: int = 64
     dilation: bool = False
+    dilation_layer3: bool = False
     norm: str = 'frozen_bn'
     # Leading stages outside `train_stages` get no gradient at all (their
     # output is a stop_gradient), as the original's requires_grad=False:
@@ -108,7 +111,7 @@ class ResNet(nn.Module):
             planes = self.width * 2 ** s
             stride = 1 if s == 0 else 2
             prev_dilation = cur_dilation
-            if s == 3 and self.dilation:
+            if (s == 3 and self.dilation) or (s == 2 and self.dilation and self.dilation_layer3):
                 cur_dilation *= stride
                 stride = 1
             for b in range(n_blocks):
@@ -126,9 +129,11 @@ class ResNet(nn.Module):
         return outs
 
 
-def build_resnet(name, dilation=False, norm='frozen_bn', dtype=jnp.float32, train_stages=STAGES):
+def build_resnet(name, dilation=False, norm='frozen_bn', dtype=jnp.float32, train_stages=STAGES,
+                 dilation_layer3=False):
     if name not in RESNETS:
         raise ValueError(f'model.backbone must be one of {sorted(RESNETS)}, got {name!r}')
     block, sizes, width = RESNETS[name]
     return ResNet(block=block, stage_sizes=sizes, width=width, dilation=dilation,
+                  dilation_layer3=dilation_layer3,
                   norm=norm, train_stages=tuple(train_stages), dtype=dtype, name='backbone')

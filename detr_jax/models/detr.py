@@ -52,6 +52,7 @@ class DETR(nn.Module):
     pre_norm: bool = False
     backbone: str = 'resnet50'
     dilation: bool = False
+    dilation_layer3: bool = False
     norm: str = 'frozen_bn'
     position_embedding: str = 'sine'
     aux_loss: bool = True
@@ -61,7 +62,7 @@ class DETR(nn.Module):
 
     def setup(self):
         self.body = build_resnet(self.backbone, self.dilation, self.norm, self.dtype,
-                                 self.train_stages)
+                                 self.train_stages, self.dilation_layer3)
         if self.position_embedding == 'sine':
             self.pos_embed = PositionEmbeddingSine(self.hidden_dim // 2)
         else:
