@@ -18,6 +18,8 @@ def get_config():
     m.norm = 'gn'
     m.train_stages = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
     m.dilation = True  # stride 16: an 8x8 map for 128 px images
+    # (stride 8, m.dilation_layer3, learns twice as fast per step but a step
+    # costs twice as much on 2 cores: no gain in minutes; README, the demo)
     # small enough for ~13 steps/s on 2 cores: DETR needs many updates to
     # leave its "every query predicts the mean box" plateau (~2500 here)
     m.hidden_dim, m.nheads, m.dim_feedforward = 64, 4, 128
