@@ -20,8 +20,8 @@ def get_config():
     m.dilation = True  # stride 16: an 8x8 map for 128 px images
     # (stride 8, m.dilation_layer3, learns twice as fast per step but a step
     # costs twice as much on 2 cores: no gain in minutes; README, the demo)
-    # small enough for ~13 steps/s on 2 cores: DETR needs many updates to
-    # leave its "every query predicts the mean box" plateau (~2500 here)
+    # small enough for ~21 steps/s on 2 cores: DETR needs many updates to
+    # leave its "every query predicts the mean box" plateau (~1500 here)
     m.hidden_dim, m.nheads, m.dim_feedforward = 64, 4, 128
     m.enc_layers, m.dec_layers = 1, 2
     m.num_queries, m.num_classes = 12, 6
@@ -42,10 +42,10 @@ def get_config():
     # 1e-4 ~2500 (README, the demo); pre-norm did not help at 3e-4
     o.lr, o.lr_backbone, o.weight_decay, o.clip_norm = 3e-4, 3e-4, 1e-4, 0.1
     o.warmup_steps = 200
-    o.lr_drop_epochs = 28  # x0.1 at step ~7200 (249 steps per epoch), as the original drops
+    o.lr_drop_epochs = 48  # x0.1 at step ~12000 (249 steps per epoch), as the original drops
     t = c.train
     t.epochs = 1000
-    t.max_steps = 10000
+    t.max_steps = 16000  # ~13 minutes at ~21 steps/s (2 cores)
     t.log_every = 100
     t.checkpoint_every = 1000
     t.eval_every = 2000
