@@ -2,7 +2,7 @@
 
 Command (a fresh machine, CPU only):
   python -m detr_jax.main --config=configs/demo.py --workdir=/tmp/detr_demo
-Hardware: 2 CPU cores. Wall time: ~15 minutes (data generation included).
+Hardware: 2 CPU cores. Wall time: ~14 minutes (data generation included).
 Expected: see the README's AP-vs-minutes table.
 
 No pretrained weights exist here, so the backbone trains from scratch with
@@ -18,8 +18,8 @@ def get_config():
     m.norm = 'gn'
     m.train_stages = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
     m.dilation = True  # stride 16: an 8x8 map for 128 px images
-    # (stride 8, m.dilation_layer3, learns twice as fast per step but a step
-    # costs twice as much on 2 cores: no gain in minutes; README, the demo)
+    # (stride 8, m.dilation_layer3, learns 1.5-2x as fast per step but a step
+    # costs 2x as much on 2 cores: no gain in minutes; README, the demo)
     # small enough for ~21 steps/s on 2 cores: DETR needs many updates to
     # leave its "every query predicts the mean box" plateau (~1500 here)
     m.hidden_dim, m.nheads, m.dim_feedforward = 64, 4, 128
