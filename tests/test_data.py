@@ -9,7 +9,7 @@ from detr_jax.config_defaults import base_config
 from detr_jax.data import synthetic
 from detr_jax.data.coco_format import DataError, load_panoptic
 from detr_jax.data.datasets import build_source
-from detr_jax.data.pipeline import InputPipeline, eval_batches, plan_train_epoch
+from detr_jax.data.pipeline import InputPipeline, eval_batches, make_tf_dataset, plan_train_epoch
 from detr_jax.data.transforms import choose_bucket, get_size_with_aspect_ratio
 
 COLORS = {0: (255, 0, 0), 1: (0, 255, 0)}
@@ -212,7 +212,6 @@ def test_datasets_run_without_the_autotuner(tmp_path):
     """Each epoch (and each evaluation) gets a new tf.data pipeline; with
     tf.data's autotuner on, destroying the previous iterator blocked the
     train loop for 8-10 s at about half of the epoch boundaries."""
-    from detr_jax.data.pipeline import make_tf_dataset
     cfg = small_data_cfg(dataset='synthetic', num_train=16, num_val=4, cache_dir=str(tmp_path),
                          max_boxes=10)
     src = build_source(cfg, 'train')
