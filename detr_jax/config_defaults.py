@@ -50,6 +50,7 @@ def base_config():
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4, clip_norm=0.1,
         lr_drop_epochs=200, lr_drop_factor=0.1,
+        schedule='step',  # or 'cosine': down to lr * lr_drop_factor at the last step
         warmup_steps=0,  # optimizer updates (= train steps / grad_accum_steps)
         # one update per this many train steps (batch_size each): the
         # original's batch of 64 on fewer devices

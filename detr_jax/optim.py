@@ -1,6 +1,7 @@
 """The optimizer: AdamW on every trainable parameter (weight decay
 included), backbone at its own learning rate, frozen stages untouched,
-global-norm clipping over the trainable gradients, a step lr drop."""
+global-norm clipping over the trainable gradients, a step lr drop (the
+original's) or a cosine decay."""
 import jax
 import optax
 from flax import traverse_util
@@ -27,17 +28,33 @@ def param_labels(params, model_cfg, lr_backbone):
     return traverse_util.unflatten_dict(labels)
 
 
-def lr_schedules(cfg, steps_per_epoch):
+def lr_schedules(cfg, steps_per_epoch, total_steps=None):
     """(lr, backbone lr) as functions of the optimizer update count. With
     gradient accumulation an update takes `grad_accum_steps` train steps, so
     the drop comes after `lr_drop_epochs` epochs whatever the accumulation;
-    `warmup_steps` counts updates."""
-    updates_per_epoch = steps_per_epoch / max(1, cfg.grad_accum_steps)
+    `warmup_steps` counts updates.
+
+    `schedule='step'`: x`lr_drop_factor` after `lr_drop_epochs` epochs (the
+    original). `schedule='cosine'`: from the lr after warmup down to
+    lr x `lr_drop_factor` at the last of `total_steps` train steps.
+    """
+    accum = max(1, cfg.grad_accum_steps)
+    updates_per_epoch = steps_per_epoch / accum
     drop = int(cfg.lr_drop_epochs * updates_per_epoch)
+    kind = cfg.get('schedule', 'step')
+    if kind not in ('step', 'cosine'):
+        raise ValueError(f"config.optim.schedule={kind!r}: 'step' or 'cosine'")
+    if kind == 'cosine' and not total_steps:
+        raise ValueError("config.optim.schedule='cosine' needs the run's total steps")
 
     def make(base):
-        sched = optax.piecewise_constant_schedule(base, {drop: cfg.lr_drop_factor}) \
-            if drop > 0 else optax.constant_schedule(base)
+        if kind == 'cosine':
+            decay = max(1, total_steps // accum - cfg.warmup_steps)
+            sched = optax.cosine_decay_schedule(base, decay, alpha=cfg.lr_drop_factor)
+        elif drop > 0:
+            sched = optax.piecewise_constant_schedule(base, {drop: cfg.lr_drop_factor})
+        else:
+            sched = optax.constant_schedule(base)
         if cfg.warmup_steps > 0:
             warm = optax.linear_schedule(0.0, base, cfg.warmup_steps)
             sched = optax.join_schedules([warm, sched], [cfg.warmup_steps])
@@ -52,12 +69,12 @@ def applied_lr(schedule, steps_done, grad_accum_steps=1):
     return float(schedule(max(steps_done // max(1, grad_accum_steps) - 1, 0)))
 
 
-def build_optimizer(params, optim_cfg, model_cfg, steps_per_epoch):
+def build_optimizer(params, optim_cfg, model_cfg, steps_per_epoch, total_steps=None):
     """Returns (optax transformation, labels tree, (lr schedule, backbone lr
-    schedule))."""
+    schedule)). `total_steps` (train steps) is needed by the cosine schedule."""
     labels = param_labels(params, model_cfg, optim_cfg.lr_backbone)
     frozen = jax.tree_util.tree_map(lambda l: l == 'frozen', labels)
-    lr, lr_bb = lr_schedules(optim_cfg, steps_per_epoch)
+    lr, lr_bb = lr_schedules(optim_cfg, steps_per_epoch, total_steps)
     adamw = lambda s: optax.adamw(s, b1=0.9, b2=0.999, eps=1e-8,  # noqa: E731
                                   weight_decay=optim_cfg.weight_decay)
     tx = optax.chain(

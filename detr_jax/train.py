@@ -257,7 +257,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     tx_holder = {}
 
     def tx_fn(params):
-        tx, labels, scheds = build_optimizer(params, config.optim, config.model, steps_per_epoch)
+        tx, labels, scheds = build_optimizer(params, config.optim, config.model, steps_per_epoch,
+                                             total_steps)
         tx_holder.update(tx=tx, labels=labels, scheds=scheds)
         return tx
 

@@ -188,3 +188,44 @@ def test_dilation_layer3_gives_stride_8():
     assert out['pred_boxes'].shape[1:] == (cfg.num_queries, 4)
     with pytest.raises(ValueError, match='dilation_layer3'):
         build_model(tiny_model_config(dilation_layer3=True))
+
+
+@pytest.mark.parametrize('shape', [(2, 17, 23, 3), (1, 8, 8, 4)])
+def test_max_pool_matches_torch_values_and_gradients(shape):
+    """The stem's max pool (custom gradient) against torch's MaxPool2d(3, 2, 1),
+    values and input gradients, with ties (ReLU zeros, repeated values): the
+    gradient goes to each window's first maximum, as in PyTorch."""
+    import torch
+    from detr_jax.models.layers import max_pool
+    rs = np.random.RandomState(0)
+    # few distinct values: most windows hold their maximum more than once
+    x = np.maximum(rs.randint(-2, 3, shape), 0).astype(np.float32)
+    x[0, :4, :4, 0] = 1.0  # a whole window tied
+    g = rs.randn(*max_pool(jnp.asarray(x)).shape).astype(np.float32)
+    ours, vjp = jax.vjp(max_pool, jnp.asarray(x))
+    (ours_grad,) = vjp(jnp.asarray(g))
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    theirs = torch.nn.functional.max_pool2d(xt, 3, 2, 1)
+    theirs.backward(torch.tensor(g.transpose(0, 3, 1, 2)))
+    np.testing.assert_array_equal(np.asarray(ours), theirs.detach().numpy().transpose(0, 2, 3, 1))
+    # (overlapping windows add their gradients in another order: rounding)
+    np.testing.assert_allclose(np.asarray(ours_grad), xt.grad.numpy().transpose(0, 2, 3, 1),
+                               rtol=1e-6, atol=1e-6)
+    # and under jit and grad, as the train step uses it
+    f = jax.jit(jax.grad(lambda a: jnp.sum(max_pool(a) * g)))
+    np.testing.assert_allclose(np.asarray(f(jnp.asarray(x))), np.asarray(ours_grad), atol=1e-6)
+
+
+def test_stage_widths():
+    """A backbone may give each stage its width (the narrow stride-8 demo
+    backbones); the convs have them."""
+    from detr_jax.models.backbone import build_resnet, stage_channels
+    assert stage_channels('resnet_small16_w32') == (16, 32, 32, 32)
+    assert stage_channels('resnet50') == (256, 512, 1024, 2048)
+    net = build_resnet('resnet_small16_w48', dilation=True, dilation_layer3=True, norm='gn')
+    x = jnp.zeros((1, 64, 64, 3))
+    v = net.init(jax.random.PRNGKey(0), x)
+    outs = net.apply(v, x)
+    assert [o.shape[-1] for o in outs] == [16, 32, 48, 48]
+    assert v['params']['layer4_0']['conv1']['conv']['kernel'].shape[-2:] == (48, 48)
+    assert v['params']['conv1']['conv']['kernel'].shape[-1] == 16

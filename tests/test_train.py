@@ -273,3 +273,36 @@ def test_lr_drop_comes_after_lr_drop_epochs_with_accumulation(accum):
     logged = [applied_lr(lr_sched, s + 1, accum) for s in range(2 * steps_per_epoch)
               if (s + 1) % accum == 0]
     np.testing.assert_allclose(logged, updates, rtol=1e-4)
+
+
+def test_cosine_schedule():
+    """`optim.schedule='cosine'`: warmup, then half a cosine from lr down to
+    lr * lr_drop_factor at the run's last step, counted in updates (so with
+    gradient accumulation too); the updates AdamW applies follow it."""
+    c = tiny_config.get_config()
+    o = c.optim
+    o.lr, o.lr_backbone, o.weight_decay, o.clip_norm = 1e-2, 0.0, 0.0, 0.0
+    o.schedule, o.warmup_steps, o.lr_drop_factor = 'cosine', 2, 0.1
+    params = {'head': {'w': np.zeros(3, np.float32)}}
+    for accum, total in ((1, 12), (2, 24)):
+        o.grad_accum_steps = accum
+        tx, _, (lr_sched, _) = build_optimizer(params, o, c.model, 4, total_steps=total)
+        decay = total // accum - 2
+        expected = [1e-2 * i / 2 for i in range(2)] + [
+            1e-2 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * i / decay))) for i in range(decay)]
+        np.testing.assert_allclose([float(lr_sched(u)) for u in range(total // accum)], expected,
+                                   rtol=1e-5)
+        assert abs(float(lr_sched(total // accum)) - 1e-3) < 1e-9
+        opt_state, p, applied = tx.init(params), params, []
+        for _ in range(total):
+            upd, opt_state = tx.update({'head': {'w': np.ones(3, np.float32)}}, opt_state, p)
+            new = optax.apply_updates(p, upd)
+            applied.append(float(p['head']['w'][0] - new['head']['w'][0]))
+            p = new
+        applied = np.array(applied)
+        np.testing.assert_allclose(applied[applied != 0], expected[1:], rtol=1e-4)
+    with pytest.raises(ValueError, match='total steps'):
+        build_optimizer(params, o, c.model, 4)
+    o.schedule = 'linear'
+    with pytest.raises(ValueError, match="config.optim.schedule='linear'"):
+        build_optimizer(params, o, c.model, 4, total_steps=10)

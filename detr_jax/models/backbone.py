@@ -9,9 +9,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from detr_jax.models.layers import TorchConv, make_norm
+from detr_jax.models.layers import TorchConv, make_norm, max_pool
 
-# name -> (block, blocks per stage, base width)
+# name -> (block, blocks per stage, base width or the 4 stages' widths)
 RESNETS = {
     'resnet18': ('basic', (2, 2, 2, 2), 64),
     'resnet34': ('basic', (3, 4, 6, 3), 64),
@@ -21,6 +21,10 @@ RESNETS = {
     'resnet_tiny_bottleneck': ('bottleneck', (1, 1, 1, 1), 8),  # tests
     'resnet_small': ('basic', (1, 1, 1, 1), 32),  # the CPU demo
     'resnet_small16': ('basic', (1, 1, 1, 1), 16),
+    # stride-8 demo backbones: layer3/layer4 at 4x the pixels, so narrower
+    'resnet_small16_w64': ('basic', (1, 1, 1, 1), (16, 32, 64, 64)),
+    'resnet_small16_w48': ('basic', (1, 1, 1, 1), (16, 32, 48, 48)),
+    'resnet_small16_w32': ('basic', (1, 1, 1, 1), (16, 32, 32, 32)),
 }
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
 
@@ -29,7 +33,17 @@ def stage_channels(name):
     """Output channels of layer1..layer4 for a backbone name."""
     block, _, width = RESNETS[name]
     expansion = 4 if block == 'bottleneck' else 1
-    return tuple(width * 2 ** i * expansion for i in range(4))
+    return tuple(w * expansion for w in stage_widths(width))
+
+
+def stage_widths(width):
+    """The planes of layer1..layer4: `width` doubling per stage (torchvision),
+    or the 4 widths given."""
+    if isinstance(width, int):
+        return tuple(width * 2 ** i for i in range(4))
+    if len(width) != 4:
+        raise ValueError(f'a ResNet needs 4 stage widths, got {width}')
+    return tuple(width)
 
 
 def _kaiming_fan_out():
@@ -81,7 +95,7 @@ class ResNet(nn.Module):
     """
     block: str = 'bottleneck'
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
-    width: int = 64
+    width: int | tuple = 64  # the stem's and layer1's; or the 4 stages' widths
     dilation: bool = False
     dilation_layer3: bool = False
     norm: str = 'frozen_bn'
@@ -99,16 +113,17 @@ class ResNet(nn.Module):
             frozen += 1
         bottleneck = self.block == 'bottleneck'
         expansion = 4 if bottleneck else 1
-        x = TorchConv(self.width, 7, stride=2, padding=3, use_bias=False,
+        widths = stage_widths(self.width)
+        x = TorchConv(widths[0], 7, stride=2, padding=3, use_bias=False,
                       kernel_init=_kaiming_fan_out(), dtype=self.dtype,
                       name='conv1')(x)
         x = nn.relu(make_norm(self.norm, self.dtype, 'bn1')(x, train))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(x, 3, 2, 1)
         if frozen >= 1:
             x = jax.lax.stop_gradient(x)
-        in_ch, cur_dilation, outs = self.width, 1, []
+        in_ch, cur_dilation, outs = widths[0], 1, []
         for s, n_blocks in enumerate(self.stage_sizes):
-            planes = self.width * 2 ** s
+            planes = widths[s]
             stride = 1 if s == 0 else 2
             prev_dilation = cur_dilation
             if (s == 3 and self.dilation) or (s == 2 and self.dilation and self.dilation_layer3):
