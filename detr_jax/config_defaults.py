@@ -31,6 +31,8 @@ def base_config():
         # TFDS (ArrayRecord; labels mapped to COCO ids; val_ann, if set, is the
         # official json used for evaluation instead of one built from TFDS)
         tfds_name='coco/2017', tfds_data_dir='',
+        # keep decoded training images in memory (small datasets: the demo)
+        cache_images=False,
         on_bad_input='error',       # 'error' | 'skip' (skipped and counted)
         # the original's augmentation (COCO sizes)
         scales=tuple(range(480, 801, 32)), max_size=1333, crop_resize=(400, 500, 600),

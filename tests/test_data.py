@@ -219,3 +219,86 @@ def test_datasets_run_without_the_autotuner(tmp_path):
     ds = make_tf_dataset(src, batches, cfg, cfg.batch_size, 0, cfg.batch_size)
     assert ds.options().autotune.enabled is False
     assert next(ds.as_numpy_iterator())['images'].shape[0] == cfg.batch_size
+
+
+_CACHE_SCRIPT = r'''
+import sys, json
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from test_data import small_data_cfg
+import detr_jax.data.pipeline as P
+from detr_jax.data.datasets import build_source
+opened = []
+real_open = P._open
+P._open = lambda x, exif=True: (opened.append(x), real_open(x, exif))[1]
+out = {}
+for cache in (False, True):
+    cfg = small_data_cfg(dataset='synthetic', num_train=24, num_val=4, cache_dir=sys.argv[1],
+                         max_boxes=10, cache_images=cache, buckets=((128, 128), (192, 192)))
+    src = build_source(cfg, 'train')
+    pipe = P.InputPipeline(src, cfg)
+    it = iter(pipe)
+    del opened[:]
+    batches, per_epoch = [], len(pipe.plan(0))
+    while pipe.position['epoch'] < 4:  # 4 epochs: 3 iterators destroyed
+        batches.append(next(it))
+    out[cache] = batches
+    counts = {'opened': len(opened), 'distinct': len(set(opened)), 'batches': len(batches),
+              'cached': len(pipe._images) if cache else None}
+    print(json.dumps({'cache' if cache else 'plain': counts}))
+for a, b in zip(out[False], out[True]):
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+print(json.dumps({'same': True}))
+'''
+
+
+def test_cached_images_decode_once_same_batches(tmp_path):
+    """`data.cache_images`: each training image is decoded once over four
+    epochs, and the batches are those of the uncached pipeline (in a
+    subprocess: the decoder is counted by replacing it there)."""
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(__file__)
+    r = subprocess.run([sys.executable, '-c', _CACHE_SCRIPT, str(tmp_path), here],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = {}
+    for line in r.stdout.strip().splitlines():
+        res.update(json.loads(line))
+    plain, cached = res['plain'], res['cache']
+    assert res['same'] and plain['batches'] == cached['batches'] > 0
+    # without the cache every epoch decodes again; with it, each image once
+    assert plain['opened'] > 3 * plain['distinct']
+    assert cached['opened'] == cached['distinct'] == cached['cached'] == plain['distinct']
+
+
+_EXIT_SCRIPT = r'''
+import sys
+sys.path.insert(0, sys.argv[2])
+from test_data import small_data_cfg
+from detr_jax.data.datasets import build_source
+from detr_jax.data.pipeline import InputPipeline, eval_batches
+cfg = small_data_cfg(dataset='synthetic', num_train=64, num_val=16, cache_dir=sys.argv[1],
+                     max_boxes=10, buckets=((128, 128), (192, 192)), batch_size=2,
+                     eval_batch_size=2, eval_buckets=((128, 128), (192, 192)))
+train = iter(InputPipeline(build_source(cfg, 'train'), cfg))
+next(train)
+val = eval_batches(build_source(cfg, 'val'), cfg)
+next(val)
+print('read', flush=True)
+'''
+
+
+def test_exit_with_pipelines_open_mid_epoch(tmp_path):
+    """A script that stops reading a training and an evaluation pipeline
+    mid-epoch exits: it used to hang in the destruction of the tf.data
+    iterators at interpreter shutdown (their decoders need the GIL)."""
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(__file__)
+    r = subprocess.run([sys.executable, '-c', _EXIT_SCRIPT, str(tmp_path), here],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0 and 'read' in r.stdout, r.stderr[-3000:]

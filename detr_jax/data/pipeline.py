@@ -17,11 +17,13 @@ filler of a last partial eval batch); `labels` [B, M] int32, `boxes`
 [B, M, 4] (cx, cy, w, h normalized by `size`), `valid` [B, M] bool; with
 masks, `masks` [B, M, H, W] bool.
 """
+import atexit
 import collections
 import dataclasses
 import functools
 import io
 import logging
+import weakref
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -120,17 +122,24 @@ def _open(x, exif=True):
         return _to_rgb(im, exif)
 
 
-def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None):
+def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None, cache=None):
     """Host decode: any PIL image (grayscale, CMYK, 16-bit, EXIF-rotated) to
     RGB uint8, and panoptic masks [h, w, M] for the given segment ids. Files
     are read from `path`/`png`, or with a `reader` (TFDS) from example `index`.
 
     An unreadable image is an error naming the file, or with `skip_bad` a
     black image whose targets the caller drops (shapes stay static), counted
-    by reason in `skipped` (a Counter of the dataset being read)."""
+    by reason in `skipped` (a Counter of the dataset being read).
+
+    With a `cache` (a dict; `data.cache_images`) each image is decoded once
+    and then read from memory (with a reader's encoded panoptic PNG; the masks
+    themselves depend on `segs` and are made each time)."""
     path, pan = path.decode(), None
+    key = int(index) if reader is not None else path
     try:
-        if reader is not None:
+        if cache is not None and key in cache:
+            img, pan = cache[key]
+        elif reader is not None:
             data, pan = reader(int(index))
             img = _open(data, exif=False)
         else:
@@ -145,6 +154,8 @@ def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None)
             skipped[f'{type(e).__name__}: {str(e)[:60]}'] += 1
         return (np.zeros((h0, w0, 3), np.uint8), np.zeros((h0, w0, len(segs)), np.uint8),
                 np.bool_(False))
+    if cache is not None:
+        cache[key] = (img, pan)
     if png or pan is not None:
         ids = _open(pan if pan is not None else png.decode()).astype(np.int64)
         ids = ids[..., 0] + 256 * ids[..., 1] + 65536 * ids[..., 2]
@@ -154,9 +165,9 @@ def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None)
     return img, masks, np.bool_(True)
 
 
-def _tf_transform(e, with_masks, skip_bad, reader, skipped):
+def _tf_transform(e, with_masks, skip_bad, reader, skipped, cache=None):
     img, masks, ok = tf.numpy_function(
-        functools.partial(_decode, reader=reader, skipped=skipped),
+        functools.partial(_decode, reader=reader, skipped=skipped, cache=cache),
         [e['path'], e['png'], e['segs'], e['h0'], e['w0'], skip_bad, e['index']],
         [tf.uint8, tf.uint8, tf.bool])
     img = tf.reshape(img, tf.stack([e['h0'], e['w0'], 3]))
@@ -238,9 +249,11 @@ def _elements(source, batches, cfg, lo, hi):
     return out
 
 
-def make_tf_dataset(source, batches, cfg, local_batch, lo, hi, with_masks=False, skipped=None):
+def make_tf_dataset(source, batches, cfg, local_batch, lo, hi, with_masks=False, skipped=None,
+                    image_cache=None):
     """tf.data over planned batches (this host's slice [lo, hi) of each).
-    Images skipped as unreadable are counted in the Counter `skipped`."""
+    Images skipped as unreadable are counted in the Counter `skipped`;
+    decoded images are kept in the dict `image_cache` if given."""
     if not batches:
         return None
     el = _elements(source, batches, cfg, lo, hi)
@@ -248,7 +261,7 @@ def make_tf_dataset(source, batches, cfg, local_batch, lo, hi, with_masks=False,
     ds = tf.data.Dataset.from_tensor_slices(el)
     ds = ds.map(lambda e: tf.cond(e['filler'], lambda: _filler_transform(e, with_masks),
                                   lambda: _tf_transform(e, with_masks, skip_bad,
-                                                        source.reader, skipped)),
+                                                        source.reader, skipped, image_cache)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch).prefetch(cfg.get('prefetch', 2))
     # Without tf.data's autotuning thread: a training run makes a new dataset
@@ -280,6 +293,9 @@ class InputPipeline:
         self.skipped_last_epoch = {}
         self._skipped = collections.Counter()
         self._plans: Dict[int, list] = {}
+        # decoded images kept across epochs (data.cache_images: small sets
+        # such as the demo's, where decoding took a third of the CPU time)
+        self._images = {} if cfg.get('cache_images', False) else None
 
     def plan(self, epoch):
         if epoch not in self._plans:
@@ -297,12 +313,15 @@ class InputPipeline:
         return self.plan(epoch)[batch][0]
 
     def __iter__(self):
+        return _closed_at_exit(self._batches())
+
+    def _batches(self):
         while True:
             epoch, start = self.position['epoch'], self.position['batch']
             batches = self.plan(epoch)
             self._skipped = collections.Counter()  # this epoch's, not an eval's
             ds = make_tf_dataset(self.source, batches[start:], self.cfg, self.local, self.lo,
-                                 self.hi, self.with_masks, self._skipped)
+                                 self.hi, self.with_masks, self._skipped, self._images)
             for k, batch in enumerate(_surface_errors(ds)):
                 nxt = start + k + 1
                 if nxt < len(batches):
@@ -341,7 +360,25 @@ def eval_batches(source: Source, cfg, process_index=0, process_count=1, with_mas
         if skipped:
             logging.warning('evaluation of %s: unreadable images evaluated as black: %s',
                             source.name, dict(skipped))
-    return batches_then_report()
+    return _closed_at_exit(batches_then_report())
+
+
+# Batch generators still open. A tf.data iterator destroyed while its
+# numpy_function decoders are running waits for them, and during interpreter
+# shutdown they can no longer take the GIL: a script that stopped reading a
+# pipeline mid-epoch hung at exit, every time. atexit runs while they still can.
+_OPEN = weakref.WeakSet()
+
+
+def _closed_at_exit(gen):
+    _OPEN.add(gen)
+    return gen
+
+
+@atexit.register
+def _close_open_pipelines():
+    for gen in list(_OPEN):
+        gen.close()
 
 
 def _surface_errors(ds):
