@@ -339,11 +339,14 @@ def bench_pipeline(rows, tmpdir):
 
 def bench_memory(rows, tmpdir):
     r = subprocess.run([sys.executable, '-c', (
-        'import resource, sys; sys.argv=["x", "--config=configs/demo.py", "--workdir=%s/mem", '
+        'import sys; sys.argv=["x", "--config=configs/demo.py", "--workdir=%s/mem", '
         '"--mode=train", "--config.train.max_steps=30", "--config.data.cache_dir=%s"]\n'
         'from absl import app\nfrom detr_jax import main\n'
         'try:\n    app.run(main.main)\nexcept SystemExit:\n    pass\n'
-        'print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)') % (tmpdir, tmpdir)],
+        # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec,
+        # so it reported this (large) benchmark process's peak (7.3-7.5 GB)
+        'print("MAXRSS", [l.split()[1] for l in open("/proc/self/status")\n'
+        '                 if l.startswith("VmHWM:")][0])') % (tmpdir, tmpdir)],
         cwd=ROOT, capture_output=True, text=True)
     m = re.search(r'MAXRSS (\d+)', r.stdout)
     rows.append(('peak host memory, demo training (MiB)', int(m.group(1)) / 1024 if m else float('nan'),
