@@ -153,13 +153,13 @@ def nearest_resize(x, out_hw, axes=(1, 2)):
 
 def _pool_windows(x, k, s, p):
     """The k*k strided views of `x` (NHWC) padded with -inf, in the window's
-    row-major order, and the output size."""
+    row-major order."""
     n, h, w, c = x.shape
     oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
     views = [jax.lax.slice(xp, (0, dy, dx, 0), (n, dy + s * (oh - 1) + 1, dx + s * (ow - 1) + 1, c),
                            (1, s, s, 1)) for dy in range(k) for dx in range(k)]
-    return views, (oh, ow)
+    return views
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -172,12 +172,11 @@ def max_pool(x, k=3, s=2, p=1):
     ~15% of a step of the demo's backbone, this one is a few fused
     elementwise passes.
     """
-    views, _ = _pool_windows(x, k, s, p)
-    return functools.reduce(jnp.maximum, views)
+    return functools.reduce(jnp.maximum, _pool_windows(x, k, s, p))
 
 
 def _max_pool_fwd(x, k, s, p):
-    views, _ = _pool_windows(x, k, s, p)
+    views = _pool_windows(x, k, s, p)
     out = functools.reduce(jnp.maximum, views)
     # index of the first window position holding the maximum
     first = jnp.full(out.shape, k * k - 1, jnp.int8)
