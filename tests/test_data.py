@@ -221,54 +221,33 @@ def test_datasets_run_without_the_autotuner(tmp_path):
     assert next(ds.as_numpy_iterator())['images'].shape[0] == cfg.batch_size
 
 
-_CACHE_SCRIPT = r'''
-import sys, json
-import numpy as np
-sys.path.insert(0, sys.argv[2])
-from test_data import small_data_cfg
-import detr_jax.data.pipeline as P
-from detr_jax.data.datasets import build_source
-opened = []
-real_open = P._open
-P._open = lambda x, exif=True: (opened.append(x), real_open(x, exif))[1]
-out = {}
-for cache in (False, True):
-    cfg = small_data_cfg(dataset='synthetic', num_train=24, num_val=4, cache_dir=sys.argv[1],
-                         max_boxes=10, cache_images=cache, buckets=((128, 128), (192, 192)))
-    src = build_source(cfg, 'train')
-    pipe = P.InputPipeline(src, cfg)
-    it = iter(pipe)
-    del opened[:]
-    batches, per_epoch = [], len(pipe.plan(0))
-    while pipe.position['epoch'] < 4:  # 4 epochs: 3 iterators destroyed
-        batches.append(next(it))
-    out[cache] = batches
-    counts = {'opened': len(opened), 'distinct': len(set(opened)), 'batches': len(batches),
-              'cached': len(pipe._images) if cache else None}
-    print(json.dumps({'cache' if cache else 'plain': counts}))
-for a, b in zip(out[False], out[True]):
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-print(json.dumps({'same': True}))
-'''
-
-
-def test_cached_images_decode_once_same_batches(tmp_path):
+def test_cached_images_decode_once_same_batches(tmp_path, monkeypatch):
     """`data.cache_images`: each training image is decoded once over four
-    epochs, and the batches are those of the uncached pipeline (in a
-    subprocess: the decoder is counted by replacing it there)."""
-    import os
-    import subprocess
-    import sys
-    here = os.path.dirname(__file__)
-    r = subprocess.run([sys.executable, '-c', _CACHE_SCRIPT, str(tmp_path), here],
-                       capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = {}
-    for line in r.stdout.strip().splitlines():
-        res.update(json.loads(line))
-    plain, cached = res['plain'], res['cache']
-    assert res['same'] and plain['batches'] == cached['batches'] > 0
+    epochs, and the batches are those of the uncached pipeline."""
+    import detr_jax.data.pipeline as P
+    opened = []
+    real_open = P._open
+    monkeypatch.setattr(P, '_open', lambda x, exif=True: (opened.append(x), real_open(x, exif))[1])
+    out, counts = {}, {}
+    for cache in (False, True):
+        cfg = small_data_cfg(dataset='synthetic', num_train=24, num_val=4,
+                             cache_dir=str(tmp_path), max_boxes=10, cache_images=cache,
+                             buckets=((128, 128), (192, 192)))
+        pipe = InputPipeline(build_source(cfg, 'train'), cfg)
+        it = iter(pipe)
+        del opened[:]
+        batches = []
+        while pipe.position['epoch'] < 4:  # 4 epochs: 3 iterators destroyed
+            batches.append(next(it))
+        it.close()
+        out[cache] = batches
+        counts[cache] = dict(opened=len(opened), distinct=len(set(opened)),
+                             cached=len(pipe._images) if cache else None)
+    assert len(out[True]) == len(out[False]) > 0
+    for a, b in zip(out[False], out[True]):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    plain, cached = counts[False], counts[True]
     # without the cache every epoch decodes again; with it, each image once
     assert plain['opened'] > 3 * plain['distinct']
     assert cached['opened'] == cached['distinct'] == cached['cached'] == plain['distinct']
