@@ -2,7 +2,7 @@
 
 Command (a fresh machine, CPU only):
   python -m detr_jax.main --config=configs/demo.py --workdir=/tmp/detr_demo
-Hardware: 2 CPU cores. Wall time: ~13 minutes (data generation included).
+Hardware: 2 CPU cores. Wall time: ~14.5 minutes (data generation included).
 Expected: see the README's AP-vs-minutes table.
 
 No pretrained weights exist here, so the backbone trains from scratch with
@@ -20,7 +20,7 @@ def get_config():
     m.dilation = True  # stride 16: an 8x8 map for 128 px images
     # (stride 8, m.dilation_layer3, learns 1.5-2x as fast per step but a step
     # costs 2x as much on 2 cores: no gain in minutes; README, the demo)
-    # small enough for ~30 steps/s on 2 cores: DETR needs many updates to
+    # small enough for ~27 steps/s on 2 cores: DETR needs many updates to
     # leave its "every query predicts the mean box" plateau (~1500 here)
     m.hidden_dim, m.nheads, m.dim_feedforward = 64, 4, 128
     m.enc_layers, m.dec_layers = 1, 2
@@ -50,7 +50,7 @@ def get_config():
     o.lr_drop_epochs = 76
     t = c.train
     t.epochs = 1000
-    t.max_steps = 21000  # ~12 minutes at ~30 steps/s (2 cores)
+    t.max_steps = 21000  # ~13 minutes at ~27 steps/s (2 cores)
     t.log_every = 100
     t.checkpoint_every = 1000
     t.eval_every = 2000
