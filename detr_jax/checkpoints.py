@@ -38,9 +38,10 @@ def load_converted(path):
     return cfg, variables
 
 
-def load_workdir(workdir, step=None):
+def load_workdir(workdir, step=None, ema=True):
     """The latest (or given) training checkpoint of a workdir ->
-    (full config, model variables, step)."""
+    (full config, model variables, step). The variables hold the EMA weights
+    if training kept them (config.train.ema_decay > 0), unless `ema=False`."""
     mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                  item_names=('state', 'meta'))
     step = mngr.latest_step() if step is None else step
@@ -49,7 +50,10 @@ def load_workdir(workdir, step=None):
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
     state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
     config = ml_collections.ConfigDict(meta['config'])
-    variables = {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}
+    params = state['params']
+    if ema and state.get('ema_params'):
+        params = state['ema_params']
+    variables = {'params': params, 'batch_stats': state.get('batch_stats', {})}
     if not variables['batch_stats']:
         variables.pop('batch_stats')
     config.model.label_map = meta.get('label_map', {})

@@ -61,6 +61,9 @@ def base_config():
     c.train = ml_collections.ConfigDict(dict(
         epochs=300, max_steps=-1, log_every=50, checkpoint_every=1000, keep_checkpoints=3,
         eval_every=-1,   # steps; -1: at the end of training only
+        # > 0: keep an exponential moving average of the weights (decay per
+        # step, e.g. 0.999) and evaluate / export it; the original has none
+        ema_decay=0.0,
         num_vis_images=4, profile=False, init_from='', reinit_class_head=False,
         eval_max_images=-1,
         inject_nan_at_step=0,  # fault injection: a NaN loss at this step (tests)

@@ -37,22 +37,36 @@ def lr_schedules(cfg, steps_per_epoch, total_steps=None):
     `schedule='step'`: x`lr_drop_factor` after `lr_drop_epochs` epochs (the
     original). `schedule='cosine'`: from the lr after warmup down to
     lr x `lr_drop_factor` at the last of `total_steps` train steps.
+    `schedule='cooldown'`: constant until `lr_drop_epochs` epochs, then a
+    straight line down to lr x `lr_drop_factor` at the last train step.
     """
     accum = max(1, cfg.grad_accum_steps)
     updates_per_epoch = steps_per_epoch / accum
     drop = int(cfg.lr_drop_epochs * updates_per_epoch)
     kind = cfg.get('schedule', 'step')
-    if kind not in ('step', 'cosine'):
-        raise ValueError(f"config.optim.schedule={kind!r}: 'step' or 'cosine'")
-    if kind == 'cosine' and not total_steps:
-        raise ValueError("config.optim.schedule='cosine' needs the run's total steps")
+    if kind not in ('step', 'cosine', 'cooldown'):
+        raise ValueError(f"config.optim.schedule={kind!r}: 'step', 'cosine' or 'cooldown'")
+    if kind in ('cosine', 'cooldown') and not total_steps:
+        raise ValueError(f"config.optim.schedule='{kind}' needs the run's total steps")
+    if kind == 'cooldown' and not 0 < drop < total_steps // accum:
+        raise ValueError(f'config.optim.lr_drop_epochs={cfg.lr_drop_epochs} must end before the '
+                         f"last step ({total_steps}) for schedule='cooldown'")
 
     def make(base):
         if kind == 'cosine':
             decay = max(1, total_steps // accum - cfg.warmup_steps)
             sched = optax.cosine_decay_schedule(base, decay, alpha=cfg.lr_drop_factor)
+        elif kind == 'cooldown':
+            # counted from the start: the warmup below is joined in front
+            start = max(0, drop - cfg.warmup_steps)
+            end = max(start + 1, total_steps // accum - cfg.warmup_steps)
+            sched = optax.join_schedules(
+                [optax.constant_schedule(base),
+                 optax.linear_schedule(base, base * cfg.lr_drop_factor, end - start)], [start])
         elif drop > 0:
-            sched = optax.piecewise_constant_schedule(base, {drop: cfg.lr_drop_factor})
+            # the drop counts from the first update, warmup included
+            sched = optax.piecewise_constant_schedule(
+                base, {max(drop - cfg.warmup_steps, 0): cfg.lr_drop_factor})
         else:
             sched = optax.constant_schedule(base)
         if cfg.warmup_steps > 0:

@@ -41,6 +41,9 @@ class TrainState:
     params: dict
     batch_stats: dict
     opt_state: optax.OptState
+    # an exponential moving average of `params` (config.train.ema_decay > 0),
+    # what evaluation and checkpoint readers use; {} when off
+    ema_params: dict = flax.struct.field(default_factory=dict)
 
 
 def make_mesh():
@@ -93,8 +96,23 @@ def train_step(state, batch, rng, *, model, config, tx, mesh, norm_trainable):
     params = optax.apply_updates(state.params, updates)
     batch_stats = upd.get('batch_stats', state.batch_stats) if norm_trainable else state.batch_stats
     metrics['grad_norm'] = optax.global_norm(grads)
+    ema_params = state.ema_params
+    if config.train.get('ema_decay', 0.0) > 0:
+        ema_params = ema_update(ema_params, params, state.step + 1, config.train.ema_decay)
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state), metrics
+                         opt_state=opt_state, ema_params=ema_params), metrics
+
+
+def ema_update(ema, params, step, decay):
+    """One EMA step after update `step` (1-based). The decay ramps up as
+    min(decay, (1 + step) / (10 + step)), so early weights fade quickly."""
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree_util.tree_map(lambda e, p: e + (1.0 - d) * (p - e), ema, params)
+
+
+def eval_params(state):
+    """The weights evaluation uses: the EMA when training keeps one."""
+    return state.ema_params if state.ema_params else state.params
 
 
 def _dummy_inputs(config):
@@ -110,9 +128,10 @@ def init_state(model, config, tx_fn, mesh, rng):
         variables = model.init(rng, *_dummy_inputs(config))
         params = variables['params']
         tx = tx_fn(params)
+        ema = params if config.train.get('ema_decay', 0.0) > 0 else {}
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           batch_stats=variables.get('batch_stats', {}),
-                          opt_state=tx.init(params))
+                          opt_state=tx.init(params), ema_params=ema)
 
     abstract = jax.eval_shape(init, rng)
     shardings = jax.tree_util.tree_map(lambda _: replicated, abstract)
@@ -145,7 +164,8 @@ def _load_pretrained(state, config, model):
     new_params = jax.tree_util.tree_map(lambda a, b: jnp.asarray(b, a.dtype), state.params, params)
     new_stats = jax.tree_util.tree_map(lambda a, b: jnp.asarray(b, a.dtype), state.batch_stats,
                                        variables.get('batch_stats', {}))
-    return state.replace(params=new_params, batch_stats=new_stats)
+    ema = jax.tree_util.tree_map(jnp.copy, new_params) if state.ema_params else {}
+    return state.replace(params=new_params, batch_stats=new_stats, ema_params=ema)
 
 
 class _Preemption:
@@ -346,7 +366,7 @@ def run_eval(model, state, config, mesh, writer, workdir, step):
     """COCO AP on the validation split, pictures of predictions."""
     from detr_jax import draw
     source = build_source(config.data, 'val')
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    variables = {'params': eval_params(state), 'batch_stats': state.batch_stats}
     t = time.time()
     results, ids, samples = evaluate.predict(model, variables, source, config.data, mesh,
                                              max_images=config.train.eval_max_images)

@@ -306,3 +306,74 @@ def test_cosine_schedule():
     o.schedule = 'linear'
     with pytest.raises(ValueError, match="config.optim.schedule='linear'"):
         build_optimizer(params, o, c.model, 4, total_steps=10)
+
+
+def test_ema_weights_follow_the_formula_and_are_what_checkpoints_export(tmp_path, cache_dir):
+    """train.ema_decay: after update t the EMA moves by (1 - d_t) towards the
+    new weights, d_t = min(decay, (1 + t) / (10 + t)); evaluation and
+    `checkpoints.load_workdir` use it; with it off nothing is kept."""
+    c = _config(cache_dir, ema_decay=0.9)
+    c.model.dropout = 0.0
+    batches = _batches(c, 3)
+    state, run, _ = _setup(c, jax.devices()[:1])
+    trajectory = [jax.device_get(state.params)]
+    for b in batches:
+        state, _ = run(state, b)
+        trajectory.append(jax.device_get(state.params))
+    leaves = [jax.tree_util.tree_leaves(p) for p in trajectory]
+    expected = [np.array(x, np.float64) for x in leaves[0]]
+    for t in (1, 2, 3):
+        d = min(0.9, (1 + t) / (10 + t))
+        expected = [d * e + (1 - d) * np.array(p, np.float64) for e, p in zip(expected, leaves[t])]
+    got = jax.tree_util.tree_leaves(jax.device_get(state.ema_params))
+    assert len(got) == len(expected)
+    moved = 0
+    for g, e, p in zip(got, expected, leaves[3]):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
+        moved += not np.allclose(g, p)
+    assert moved > len(got) // 2  # the EMA lags the trained weights
+    assert train.eval_params(state) is state.ema_params
+
+    off, _, _ = _setup(_config(cache_dir), jax.devices()[:1])
+    assert off.ema_params == {} and train.eval_params(off) is off.params
+
+    # the loop checkpoints it; readers get the EMA unless they ask otherwise
+    c = _config(cache_dir, ema_decay=0.9, max_steps=2, checkpoint_every=2)
+    train.train_and_evaluate(c, str(tmp_path))
+    _, ema_vars, step = checkpoints.load_workdir(str(tmp_path))
+    _, raw_vars, _ = checkpoints.load_workdir(str(tmp_path), ema=False)
+    assert step == 2
+    ema_l, raw_l = (jax.tree_util.tree_leaves(v['params']) for v in (ema_vars, raw_vars))
+    assert any(not np.allclose(a, b) for a, b in zip(ema_l, raw_l))
+
+
+@pytest.mark.parametrize('kind', ['step', 'cooldown'])
+def test_step_and_cooldown_schedules_count_the_drop_from_the_start(kind):
+    """With warmup, the drop still comes after `lr_drop_epochs` epochs of
+    updates; 'cooldown' then goes down in a straight line to lr *
+    lr_drop_factor at the run's last step. AdamW applies what the schedule says."""
+    c = tiny_config.get_config()
+    o = c.optim
+    o.lr, o.lr_backbone, o.weight_decay, o.clip_norm = 1e-2, 0.0, 0.0, 0.0
+    o.schedule, o.warmup_steps, o.lr_drop_epochs, o.lr_drop_factor = kind, 2, 2, 0.1
+    params = {'head': {'w': np.zeros(3, np.float32)}}
+    warm_and_flat = [0.0, 5e-3] + [1e-2] * 6  # updates 0..7; the drop at update 8
+    tail = {'step': [1e-3] * 4, 'cooldown': [1e-2, 7.75e-3, 5.5e-3, 3.25e-3]}[kind]
+    expected = warm_and_flat + tail
+    for accum in (1, 2):
+        o.grad_accum_steps = accum
+        total = 12 * accum
+        tx, _, (lr_sched, _) = build_optimizer(params, o, c.model, 4 * accum, total_steps=total)
+        np.testing.assert_allclose([float(lr_sched(u)) for u in range(12)], expected, rtol=1e-5)
+        opt_state, p, applied = tx.init(params), params, []
+        for _ in range(total):
+            upd, opt_state = tx.update({'head': {'w': np.ones(3, np.float32)}}, opt_state, p)
+            new = optax.apply_updates(p, upd)
+            applied.append(float(p['head']['w'][0] - new['head']['w'][0]))
+            p = new
+        applied = np.array(applied)
+        np.testing.assert_allclose(applied[applied != 0], expected[1:], rtol=1e-4)
+    if kind == 'cooldown':
+        o.lr_drop_epochs = 3  # the drop at update 12 = the end: nothing to cool down
+        with pytest.raises(ValueError, match='config.optim.lr_drop_epochs=3'):
+            build_optimizer(params, o, c.model, 4, total_steps=12)
