@@ -177,6 +177,29 @@ def test_synthetic_export_scores_ap_one(tmp_path):
     assert any(s['category_id'] > 6 for a in pan['annotations'] for s in a['segments_info'])
 
 
+def test_synthetic_export_with_helper_processes_is_identical(tmp_path, monkeypatch):
+    """write_coco's helper processes change nothing in the output: the same
+    json files and the same pixels as one process; a failing helper is an error."""
+    import os
+    import sys
+    one = synthetic.write_coco(str(tmp_path / 'one'), 'val', 23, seed=3, workers=1)
+    three = synthetic.write_coco(str(tmp_path / 'three'), 'val', 23, seed=3, workers=3)
+    for key in ('instances', 'panoptic_json'):
+        assert json.load(open(one[key])) == json.load(open(three[key]))
+    ann = json.load(open(one['instances']))['annotations']
+    assert [a['id'] for a in ann] == list(range(1, len(ann) + 1))
+    for sub in ('images', 'panoptic_val'):
+        names = sorted(os.listdir(tmp_path / 'one' / 'val' / sub))
+        assert len(names) == 23 and names == sorted(os.listdir(tmp_path / 'three' / 'val' / sub))
+        for n in names:
+            np.testing.assert_array_equal(np.array(Image.open(tmp_path / 'one' / 'val' / sub / n)),
+                                          np.array(Image.open(tmp_path / 'three' / 'val' / sub / n)))
+    monkeypatch.setattr(sys, 'executable', 'false')
+    with pytest.raises(RuntimeError, match='helper process writing .*part1.json failed'):
+        synthetic.write_coco(str(tmp_path / 'bad'), 'val', 10, workers=2)
+    assert os.listdir(tmp_path / 'bad') == []  # no half-written folder either
+
+
 def test_synthetic_is_deterministic_and_varied():
     a, oa, sa = synthetic.render(0, 'train', 5)
     b, ob, sb = synthetic.render(0, 'train', 5)
