@@ -64,6 +64,9 @@ def base_config():
         # > 0: keep an exponential moving average of the weights (decay per
         # step, e.g. 0.999) and evaluate / export it; the original has none
         ema_decay=0.0,
+        # compile the train step for all of an epoch's bucket shapes before
+        # the first step, in parallel threads (else: each on first use)
+        precompile=True,
         num_vis_images=4, profile=False, init_from='', reinit_class_head=False,
         eval_max_images=-1,
         inject_nan_at_step=0,  # fault injection: a NaN loss at this step (tests)

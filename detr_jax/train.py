@@ -115,6 +115,41 @@ def eval_params(state):
     return state.ema_params if state.ema_params else state.params
 
 
+# where each batch entry keeps the image height and width
+_HW_AXIS = {'images': 1, 'pixel_mask': 1, 'masks': 2}
+
+
+def batch_like(gbatch, hw):
+    """Abstract values of a global batch like `gbatch` in shape bucket `hw`."""
+    out = {}
+    for k, v in gbatch.items():
+        shape = list(v.shape)
+        if k in _HW_AXIS:
+            a = _HW_AXIS[k]
+            shape[a:a + 2] = hw
+        out[k] = jax.ShapeDtypeStruct(tuple(shape), v.dtype, sharding=v.sharding)
+    return out
+
+
+def precompile(step_fn, state, gbatch, rng, buckets, threads=None):
+    """Compiles the train step for every bucket shape at once, in parallel
+    threads (XLA compiles a program on one core) -> {(h, w): executable}.
+    Shapes left out compile on first use, as usual."""
+    from concurrent.futures import ThreadPoolExecutor
+    buckets = list(dict.fromkeys(tuple(int(x) for x in b) for b in buckets))
+    threads = threads or min(len(buckets), os.cpu_count() or 1)
+
+    def one(hw):
+        return hw, step_fn.lower(state, batch_like(gbatch, hw), rng).compile()
+
+    t = time.time()
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        compiled = dict(pool.map(one, buckets))
+    logging.info('compiled the train step for %d shapes in %.0fs (%d threads)', len(buckets),
+                 time.time() - t, threads)
+    return compiled
+
+
 def _dummy_inputs(config):
     h, w = config.data.buckets[0]
     return jnp.zeros((1, h, w, 3), jnp.float32), jnp.ones((1, h, w), bool)
@@ -297,7 +332,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     tx = tx_holder['tx']
     step_fn = jax.jit(functools.partial(
         train_step, model=model, config=config, tx=tx, mesh=mesh,
-        norm_trainable=config.model.norm == 'bn'), donate_argnums=(0,))
+        norm_trainable=config.model.norm == 'bn'), donate_argnums=(0,),
+        # fixed, so that a step's output state is a valid input of the
+        # precompiled executables
+        out_shardings=(shardings, NamedSharding(mesh, P())))
     weights = weight_dict(config.loss, config.model.dec_layers - 1 if config.model.aux_loss else 0,
                           with_masks)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
@@ -315,14 +353,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     # metrics are read 2 steps late: the host prepares the next steps meanwhile
     window = _Metrics(lag=2, checkpointed=mngr.latest_step)
     it = iter(pipeline)
+    compiled = {}
     try:
         for cur in range(first, total_steps):
             batch = next(it)
             position = dict(pipeline.position)
             gbatch = evaluate.to_global({k: v for k, v in batch.items()
                                          if k not in ('image_id', 'orig_size')}, mesh)
+            if cur == first and config.train.get('precompile', True):
+                epoch = pipeline.position['epoch']
+                compiled = precompile(step_fn, state, gbatch, step_rng,
+                                      [b for b, _ in pipeline.plan(epoch)])
+            run = compiled.get(tuple(gbatch['images'].shape[1:3]), step_fn)
             with jax.profiler.StepTraceAnnotation('train', step_num=cur):
-                state, metrics = step_fn(state, gbatch, step_rng)
+                state, metrics = run(state, gbatch, step_rng)
             done = cur + 1
             window.add(done, metrics)
             for h in hooks:

@@ -377,3 +377,23 @@ def test_step_and_cooldown_schedules_count_the_drop_from_the_start(kind):
         o.lr_drop_epochs = 3  # the drop at update 12 = the end: nothing to cool down
         with pytest.raises(ValueError, match='config.optim.lr_drop_epochs=3'):
             build_optimizer(params, o, c.model, 4, total_steps=12)
+
+
+def test_precompiled_steps_train_exactly_like_lazily_compiled_ones(tmp_path, cache_dir, caplog):
+    """train.precompile: every bucket of the epoch compiled up front (in
+    threads) and used; the result equals compiling each shape on first use."""
+    import logging
+    caplog.set_level(logging.INFO)
+    finals = []
+    for pre in (True, False):
+        c = _config(cache_dir, max_steps=6, precompile=pre)
+        c.model.dropout = 0.0
+        c.data.buckets = ((64, 96), (96, 64), (96, 96))
+        workdir = tmp_path / str(pre)
+        train.train_and_evaluate(c, str(workdir))
+        finals.append(jax.tree_util.tree_leaves(_params(str(workdir))[1]))
+        if pre:
+            msgs = [r.getMessage() for r in caplog.records if 'compiled the train step' in r.getMessage()]
+            assert msgs and int(msgs[0].split(' for ')[1].split()[0]) >= 2, msgs
+    for a, b in zip(*finals):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
