@@ -183,7 +183,10 @@ def test_synthetic_export_with_helper_processes_is_identical(tmp_path, monkeypat
     import os
     import sys
     one = synthetic.write_coco(str(tmp_path / 'one'), 'val', 23, seed=3, workers=1)
-    three = synthetic.write_coco(str(tmp_path / 'three'), 'val', 23, seed=3, workers=3)
+    calls = []
+    three = synthetic.write_coco(str(tmp_path / 'three'), 'val', 23, seed=3, workers=3,
+                                 progress=lambda i, n: calls.append((i, n)))
+    assert calls[-1] == (23, 23)  # the helpers' images are reported too
     for key in ('instances', 'panoptic_json'):
         assert json.load(open(one[key])) == json.load(open(three[key]))
     ann = json.load(open(one['instances']))['annotations']

@@ -234,7 +234,7 @@ def write_coco(root, split, num_images, seed=0, min_size=96, max_size=160, max_o
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    if progress and num_images % 200 and helpers:
+    if progress and helpers:  # the helpers' share is done too
         progress(num_images, num_images)
     images, anns, pan_anns = [], [], []
     for image, image_anns, pan in results:
