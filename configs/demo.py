@@ -2,7 +2,7 @@
 
 Command (a fresh machine, CPU only):
   python -m detr_jax.main --config=configs/demo.py --workdir=/tmp/detr_demo
-Hardware: 2 CPU cores. Wall time: ~14.5 minutes (data generation included).
+Hardware: 2 CPU cores. Wall time: ~15.5 minutes (data generation included).
 Expected: see the README's AP-vs-minutes table.
 
 No pretrained weights exist here, so the backbone trains from scratch with
@@ -54,7 +54,7 @@ def get_config():
     o.lr_drop_epochs = 64
     t = c.train
     t.epochs = 1000
-    t.max_steps = 18000  # ~13 minutes at ~23 steps/s (2 cores)
+    t.max_steps = 18000  # ~14 minutes at ~21-22 steps/s (2 cores)
     # evaluated with an EMA of the weights: far ahead before the lr drop
     # (AP 40.3 against 33.3 at step 14000), the same at the end
     t.ema_decay = 0.999
