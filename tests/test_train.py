@@ -275,6 +275,19 @@ def test_lr_drop_comes_after_lr_drop_epochs_with_accumulation(accum):
     np.testing.assert_allclose(logged, updates, rtol=1e-4)
 
 
+def _applied_lrs(tx, params, steps):
+    """The non-zero steps AdamW (no weight decay) takes on `params['head']['w']`
+    under a constant gradient: each equals the lr it applied."""
+    opt_state, p, applied = tx.init(params), params, []
+    for _ in range(steps):
+        upd, opt_state = tx.update({'head': {'w': np.ones(3, np.float32)}}, opt_state, p)
+        new = optax.apply_updates(p, upd)
+        applied.append(float(p['head']['w'][0] - new['head']['w'][0]))
+        p = new
+    applied = np.array(applied)
+    return applied[applied != 0]
+
+
 def test_cosine_schedule():
     """`optim.schedule='cosine'`: warmup, then half a cosine from lr down to
     lr * lr_drop_factor at the run's last step, counted in updates (so with
@@ -293,14 +306,7 @@ def test_cosine_schedule():
         np.testing.assert_allclose([float(lr_sched(u)) for u in range(total // accum)], expected,
                                    rtol=1e-5)
         assert abs(float(lr_sched(total // accum)) - 1e-3) < 1e-9
-        opt_state, p, applied = tx.init(params), params, []
-        for _ in range(total):
-            upd, opt_state = tx.update({'head': {'w': np.ones(3, np.float32)}}, opt_state, p)
-            new = optax.apply_updates(p, upd)
-            applied.append(float(p['head']['w'][0] - new['head']['w'][0]))
-            p = new
-        applied = np.array(applied)
-        np.testing.assert_allclose(applied[applied != 0], expected[1:], rtol=1e-4)
+        np.testing.assert_allclose(_applied_lrs(tx, params, total), expected[1:], rtol=1e-4)
     with pytest.raises(ValueError, match='total steps'):
         build_optimizer(params, o, c.model, 4)
     o.schedule = 'linear'
@@ -365,14 +371,7 @@ def test_step_and_cooldown_schedules_count_the_drop_from_the_start(kind):
         total = 12 * accum
         tx, _, (lr_sched, _) = build_optimizer(params, o, c.model, 4 * accum, total_steps=total)
         np.testing.assert_allclose([float(lr_sched(u)) for u in range(12)], expected, rtol=1e-5)
-        opt_state, p, applied = tx.init(params), params, []
-        for _ in range(total):
-            upd, opt_state = tx.update({'head': {'w': np.ones(3, np.float32)}}, opt_state, p)
-            new = optax.apply_updates(p, upd)
-            applied.append(float(p['head']['w'][0] - new['head']['w'][0]))
-            p = new
-        applied = np.array(applied)
-        np.testing.assert_allclose(applied[applied != 0], expected[1:], rtol=1e-4)
+        np.testing.assert_allclose(_applied_lrs(tx, params, total), expected[1:], rtol=1e-4)
     if kind == 'cooldown':
         o.lr_drop_epochs = 3  # the drop at update 12 = the end: nothing to cool down
         with pytest.raises(ValueError, match='config.optim.lr_drop_epochs=3'):
