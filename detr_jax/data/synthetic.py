@@ -146,11 +146,10 @@ def _id2rgb(ids):
     return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], -1).astype(np.uint8)
 
 
-def _export_one(args):
+def _export_one(tmp, split, i, seed, min_size, max_size, max_objects):
     """Renders and writes image `i` (and its panoptic PNG) into `tmp`;
     returns its image entry, annotations (without ids) and panoptic segments."""
     from pycocotools import mask as mask_utils
-    tmp, split, i, seed, min_size, max_size, max_objects = args
     img, objects, stuff = render(seed, split, i, min_size, max_size, max_objects)
     h, w = img.shape[:2]
     image_id = i + 1
@@ -184,7 +183,7 @@ def _export_range(tmp, split, start, stop, seed, min_size, max_size, max_objects
                   progress=None, total=None):
     out = []
     for i in range(start, stop):
-        out.append(_export_one((tmp, split, i, seed, min_size, max_size, max_objects)))
+        out.append(_export_one(tmp, split, i, seed, min_size, max_size, max_objects))
         if progress and (i + 1) % 200 == 0:
             progress(i + 1, total)
     return out
