@@ -2,9 +2,9 @@
 
 Command (a fresh machine, CPU only):
   python -m detr_jax.main --config=configs/demo.py --workdir=/tmp/detr_demo
-Hardware: 2 CPU cores. Wall time: ~14-15 minutes (data generation and
-compilation included) on the day it was measured; the same machine has run
-the same step up to ~25% slower on other days.
+Hardware: 2 CPU cores. Wall time: 13.7 minutes on 11-29 (data generation
+and compilation included), 16.0 minutes on 11-28: the same machine runs the
+same step up to ~20% slower on some days.
 Expected: see the README's AP-vs-minutes table.
 
 No pretrained weights exist here, so the backbone trains from scratch with
