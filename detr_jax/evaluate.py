@@ -59,14 +59,8 @@ def predict(model, variables, source, data_cfg, mesh, eval_step=None, max_images
     """Runs the model over `source` -> (COCO results, evaluated image ids,
     a few (batch, dets) pairs for drawings)."""
     eval_step = eval_step or make_eval_step(model)
-    if max_images > 0 and max_images < len(source):
-        import dataclasses
-        keep = slice(0, max_images)
-        source = dataclasses.replace(
-            source, image_paths=source.image_paths[keep], image_ids=source.image_ids[keep],
-            sizes=source.sizes[keep], boxes=source.boxes[keep], labels=source.labels[keep],
-            panoptic_pngs=source.panoptic_pngs[keep] if source.panoptic_pngs else None,
-            segment_ids=source.segment_ids[keep] if source.segment_ids else None)
+    if 0 < max_images < len(source):
+        source = source.head(max_images)
     results, ids, samples = [], [], []
     for batch in eval_batches(source, data_cfg, jax.process_index(), jax.process_count()):
         dets = eval_step(variables, to_global({k: v for k, v in batch.items() if k != 'masks'}, mesh))

@@ -92,6 +92,32 @@ def test_two_hosts_equal_one(val_set):
     assert sorted(r1, key=key) == sorted(r2, key=key)
 
 
+def test_max_images_cuts_every_per_image_field(val_set):
+    """`train.eval_max_images` evaluates the first n images: Source.head cuts
+    every per-image field (a field left whole would pair images with another
+    image's boxes or reader entry)."""
+    import dataclasses
+    _, plain = val_set
+    source = dataclasses.replace(plain, reader_index=np.arange(len(plain)) + 100,
+                                 segment_ids=[np.arange(len(b)) for b in plain.boxes],
+                                 panoptic_pngs=[f'{i}.png' for i in range(len(plain))])
+    head = source.head(5)
+    per_image = [f.name for f in dataclasses.fields(source)
+                 if hasattr(getattr(source, f.name), '__len__')
+                 and not isinstance(getattr(source, f.name), (str, dict))
+                 and len(getattr(source, f.name)) == len(source)]
+    assert len(per_image) == 8, per_image
+    for k in per_image:
+        assert len(getattr(head, k)) == 5, k
+        for a, b in zip(getattr(head, k), getattr(source, k)[:5]):
+            np.testing.assert_array_equal(a, b, err_msg=k)
+    assert head.label_map == source.label_map and len(source) == 21
+    cfg = small_data_cfg(eval_size=128, eval_max_size=192, max_boxes=10,
+                         eval_buckets=((128, 128), (128, 192), (192, 128)), eval_batch_size=4)
+    ids = [int(i) for b in eval_batches(plain.head(5), cfg) for i in b['image_id'] if i >= 0]
+    assert sorted(ids) == sorted(plain.image_ids[:5].tolist())
+
+
 def test_drawing_has_boxes_where_predictions_are():
     img = np.zeros((80, 120, 3), np.uint8)
     pic = draw.draw_boxes(img, np.array([[20, 30, 70, 60]]), np.array([2]), np.array([0.9]),

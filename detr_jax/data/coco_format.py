@@ -43,8 +43,17 @@ class Source:
     reader: Optional[Callable] = None
     reader_index: Optional[np.ndarray] = None
 
+    # the fields that hold one entry per image, in image order
+    PER_IMAGE = ('image_paths', 'image_ids', 'sizes', 'boxes', 'labels', 'panoptic_pngs',
+                 'segment_ids', 'reader_index')
+
     def __len__(self):
         return len(self.image_paths)
+
+    def head(self, n):
+        """The same source cut to its first `n` images (every per-image field)."""
+        return dataclasses.replace(self, **{k: getattr(self, k)[:n] for k in self.PER_IMAGE
+                                            if getattr(self, k) is not None})
 
     @property
     def num_classes(self):
