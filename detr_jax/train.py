@@ -277,12 +277,33 @@ def _save(mngr, step, state, position, config, label_map):
 
 
 def restore_latest(mngr, abstract_state):
+    """(step, state, meta) of the latest checkpoint, or Nones. A checkpoint
+    written with `train.ema_decay` off resumes with it on (the EMA starts from
+    the restored weights), and the other way round (the EMA is dropped)."""
     step = mngr.latest_step()
     if step is None:
         return None, None, None
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return step, restored['state'], restored['meta']
+
+    def restore(abstract):
+        r = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        return r['state'], r['meta']
+    try:
+        state, meta = restore(abstract_state)
+    except ValueError as e:
+        if 'ema_params' not in str(e):
+            raise
+        if abstract_state.ema_params:  # the checkpoint has no EMA
+            state, meta = restore(abstract_state.replace(ema_params={}))
+            state = state.replace(ema_params=jax.tree_util.tree_map(jnp.copy, state.params))
+            logging.warning('checkpoint %d has no EMA of the weights: train.ema_decay '
+                            'starts one from its weights', step)
+        else:  # the checkpoint has one, the config does not
+            state, meta = restore(abstract_state.replace(ema_params=abstract_state.params))
+            state = state.replace(ema_params={})
+            logging.warning('checkpoint %d has an EMA of the weights; train.ema_decay is 0, '
+                            'so it is dropped', step)
+    return step, state, meta
 
 
 def _enable_compilation_cache():

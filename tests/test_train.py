@@ -353,6 +353,36 @@ def test_ema_weights_follow_the_formula_and_are_what_checkpoints_export(tmp_path
     assert any(not np.allclose(a, b) for a, b in zip(ema_l, raw_l))
 
 
+def test_resume_switching_the_ema_on_and_off(tmp_path, cache_dir):
+    """A checkpoint written without the EMA resumes with `ema_decay` > 0 (the
+    EMA starts from the restored weights), and one with it resumes with
+    `ema_decay` 0 (dropped)."""
+    on = tmp_path / 'on'
+    train.train_and_evaluate(_config(cache_dir, max_steps=2, checkpoint_every=2), str(on))
+    train.train_and_evaluate(_config(cache_dir, max_steps=3, checkpoint_every=2, ema_decay=0.9),
+                             str(on))
+    _, raw2, _ = checkpoints.load_workdir(str(on), step=2, ema=False)
+    _, raw3, step = checkpoints.load_workdir(str(on), ema=False)
+    _, ema3, _ = checkpoints.load_workdir(str(on))
+    assert step == 3
+    d = min(0.9, (1 + 3) / (10 + 3))  # the first EMA update is update 3
+    leaves = [jax.tree_util.tree_leaves(v['params']) for v in (raw2, raw3, ema3)]
+    for p2, p3, e3 in zip(*leaves):
+        np.testing.assert_allclose(e3, d * np.asarray(p2) + (1 - d) * np.asarray(p3),
+                                   rtol=1e-5, atol=1e-7)
+    assert any(not np.allclose(a, b) for a, b in zip(leaves[1], leaves[2]))
+
+    off = tmp_path / 'off'
+    train.train_and_evaluate(_config(cache_dir, max_steps=2, checkpoint_every=2, ema_decay=0.9),
+                             str(off))
+    train.train_and_evaluate(_config(cache_dir, max_steps=3, checkpoint_every=2), str(off))
+    _, a, step = checkpoints.load_workdir(str(off))
+    _, b, _ = checkpoints.load_workdir(str(off), ema=False)
+    assert step == 3
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(x, y)  # no EMA kept: the weights themselves
+
+
 @pytest.mark.parametrize('kind', ['step', 'cooldown'])
 def test_step_and_cooldown_schedules_count_the_drop_from_the_start(kind):
     """With warmup, the drop still comes after `lr_drop_epochs` epochs of
