@@ -1,4 +1,5 @@
 """Post-processing, COCO evaluation, multi-host eval data, drawings."""
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -96,7 +97,6 @@ def test_max_images_cuts_every_per_image_field(val_set):
     """`train.eval_max_images` evaluates the first n images: Source.head cuts
     every per-image field (a field left whole would pair images with another
     image's boxes or reader entry)."""
-    import dataclasses
     _, plain = val_set
     source = dataclasses.replace(plain, reader_index=np.arange(len(plain)) + 100,
                                  segment_ids=[np.arange(len(b)) for b in plain.boxes],
