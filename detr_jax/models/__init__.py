@@ -37,6 +37,11 @@ def default_model_config():
         masks=False,
         dtype='float32',
         remat=False,
+        # Conditional DETR's decoder (Meng et al., 2021): a reference point
+        # per query, cross-attention over [content | spatial] per head, boxes
+        # predicted around the reference points. Not the original DETR; the
+        # CPU demo uses it (README, the demo). Detection only, post-norm.
+        conditional=False,
     ))
 
 
@@ -57,6 +62,9 @@ def validate_model_config(cfg):
     if cfg.masks and (cfg.hidden_dim % 128 or (cfg.hidden_dim + cfg.nheads) % 8):
         bad('hidden_dim', 'the mask head needs a multiple of 128 with hidden_dim + nheads '
             'divisible by 8 (its GroupNorms have 8 groups down to hidden_dim/16 channels)')
+    if cfg.get('conditional', False) and (cfg.masks or cfg.pre_norm):
+        bad('conditional', 'the conditional decoder is for detection (masks=False) and '
+            'post-norm (pre_norm=False) only')
     if cfg.dtype not in _DTYPES:
         bad('dtype', f'must be one of {sorted(_DTYPES)}')
     for key in ('num_queries', 'num_classes', 'enc_layers', 'dec_layers', 'dim_feedforward'):
@@ -106,5 +114,6 @@ def build_model(cfg):
         backbone=cfg.backbone, dilation=cfg.dilation,
         dilation_layer3=cfg.get('dilation_layer3', False), norm=cfg.norm,
         position_embedding=cfg.position_embedding, aux_loss=cfg.aux_loss,
-        remat=cfg.remat, train_stages=tuple(cfg.train_stages), dtype=_DTYPES[cfg.dtype])
+        remat=cfg.remat, train_stages=tuple(cfg.train_stages),
+        conditional=cfg.get('conditional', False), dtype=_DTYPES[cfg.dtype])
     return DETRPanoptic(detr=detr) if cfg.masks else detr

@@ -58,6 +58,7 @@ class DETR(nn.Module):
     aux_loss: bool = True
     remat: bool = False
     train_stages: tuple = ('layer2', 'layer3', 'layer4')
+    conditional: bool = False
     dtype: object = jnp.float32
 
     def setup(self):
@@ -72,7 +73,8 @@ class DETR(nn.Module):
                                       (self.num_queries, self.hidden_dim))
         self.transformer = Transformer(
             self.hidden_dim, self.nheads, self.enc_layers, self.dec_layers,
-            self.dim_feedforward, self.dropout, self.pre_norm, self.remat, self.dtype)
+            self.dim_feedforward, self.dropout, self.pre_norm, self.remat, self.conditional,
+            self.dtype)
         self.class_embed = TorchDense(self.num_classes + 1, dtype=self.dtype)
         self.bbox_embed = MLP(self.hidden_dim, 4, 3, dtype=self.dtype)
 
@@ -82,20 +84,34 @@ class DETR(nn.Module):
         Returns (hs [L, B, Q, D], memory [B, h, w, D], src_proj [B, h, w, D],
         mask [B, h, w] True on real cells, backbone features layer1..layer4).
         """
+        return self.encode_with_reference(images, pixel_mask, train)[:5]
+
+    def encode_with_reference(self, images, pixel_mask, train=False):
+        """`encode`'s values and the conditional decoder's reference points
+        [B, Q, 2] (None for DETR's decoder)."""
         feats = self.body(images.astype(self.dtype), train)
         src = feats[-1]
         b, h, w, _ = src.shape
         mask = feature_mask(pixel_mask, (h, w))
         pos = self.pos_embed(mask).astype(self.dtype)
         src_proj = self.input_proj(src)
-        hs, memory = self.transformer(
+        out = self.transformer(
             src_proj.reshape(b, h * w, -1), mask.reshape(b, h * w), self.query_embed,
             pos.reshape(b, h * w, -1), train)
-        return hs, memory.reshape(b, h, w, -1), src_proj, mask, feats
+        hs, memory = out[:2]
+        ref = out[2] if self.conditional else None
+        return hs, memory.reshape(b, h, w, -1), src_proj, mask, feats, ref
 
-    def heads(self, hs):
+    def heads(self, hs, reference=None):
+        """Class logits and boxes of every decoder layer; with `reference`
+        (Conditional DETR) the box centres are predicted around it in logit
+        space."""
         logits = self.class_embed(hs).astype(jnp.float32)
-        boxes = nn.sigmoid(self.bbox_embed(hs).astype(jnp.float32))
+        box = self.bbox_embed(hs).astype(jnp.float32)
+        if reference is not None:
+            r = jnp.clip(reference.astype(jnp.float32), 1e-5, 1 - 1e-5)
+            box = box.at[..., :2].add(jnp.log(r / (1 - r)))
+        boxes = nn.sigmoid(box)
         out = {'pred_logits': logits[-1], 'pred_boxes': boxes[-1]}
         if self.aux_loss:
             out['aux_outputs'] = [{'pred_logits': lg, 'pred_boxes': bx}
@@ -103,7 +119,7 @@ class DETR(nn.Module):
         return out
 
     def __call__(self, images, pixel_mask, train=False):
-        hs, *_ = self.encode(images, pixel_mask, train)
-        return self.heads(hs)
+        hs, *_, ref = self.encode_with_reference(images, pixel_mask, train)
+        return self.heads(hs, ref)
 
 

@@ -122,8 +122,94 @@ class DecoderLayer(nn.Module):
         return norms[2](tgt + drop(ffn(tgt, train)))
 
 
+def point_sine_embed(points, num_feats, temperature=10000.0):
+    """Sine embedding of normalized 2D points [..., 2] (x, y) -> [..., 2F]:
+    y first, then x, sin/cos interleaved per frequency, scaled by 2*pi (the
+    feature map's `PositionEmbeddingSine` evaluated at those points)."""
+    dim_t = temperature ** (2 * (jnp.arange(num_feats) // 2) / num_feats)
+
+    def one(v):
+        e = v[..., None] * (2 * jnp.pi) / dim_t
+        return jnp.stack([jnp.sin(e[..., 0::2]), jnp.cos(e[..., 1::2])], -1).reshape(
+            e.shape[:-1] + (num_feats,))
+    return jnp.concatenate([one(points[..., 1]), one(points[..., 0])], -1)
+
+
+def _attend(q, k, v, key_valid, scale, dropout, train, dtype):
+    """q [B, Q, h, c], k [B, S, h, c], v [B, S, h, e] -> [B, Q, h * e]."""
+    logits = jnp.einsum('bqhc,bkhc->bhqk', q * scale, k)
+    if key_valid is not None:
+        logits = jnp.where(key_valid[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+    weights = nn.Dropout(dropout)(weights, deterministic=not train)
+    out = jnp.einsum('bhqk,bkhc->bqhc', weights, v)
+    return out.reshape(out.shape[:2] + (-1,))
+
+
+class ConditionalDecoderLayer(nn.Module):
+    """Conditional DETR's decoder layer (Meng et al., 2021; post-norm).
+
+    Self-attention as DETR's but with separate content and position
+    projections. Cross-attention query and key are, per head,
+    [content | spatial]: the spatial query is a projection of `query_sine`
+    (the sine embedding of the query's reference point, scaled per channel
+    from the decoder embedding), the spatial key a projection of the
+    feature map's positions. The first layer also adds the projected
+    object query to the content query and the spatial key to the content
+    key. Projections are xavier-initialized with PyTorch's default biases.
+    """
+    d_model: int
+    nhead: int
+    dim_feedforward: int
+    dropout: float = 0.1
+    first: bool = False
+    dtype: object = jnp.float32
+
+    @nn.compact
+    def __call__(self, tgt, memory, pos, query_pos, query_sine, key_valid, train=False):
+        d, h = self.d_model, self.nhead
+        hd = d // h
+        dense = lambda name: nn.Dense(  # noqa: E731
+            d, kernel_init=_xavier, bias_init=torch_default_bias(d), dtype=self.dtype, name=name)
+        drop = lambda x: nn.Dropout(self.dropout)(x, deterministic=not train)  # noqa: E731
+        split = lambda x: x.reshape(x.shape[:2] + (h, hd))  # noqa: E731
+        norms = [_layer_norm(f'norm{i}', self.dtype) for i in (1, 2, 3)]
+        q = dense('sa_qcontent')(tgt) + dense('sa_qpos')(query_pos)
+        k = dense('sa_kcontent')(tgt) + dense('sa_kpos')(query_pos)
+        out = _attend(split(q), split(k), split(dense('sa_v')(tgt)), None, hd ** -0.5,
+                      self.dropout, train, self.dtype)
+        tgt = norms[0](tgt + drop(dense('sa_out')(out)))
+        q, k = dense('ca_qcontent')(tgt), dense('ca_kcontent')(memory)
+        k_pos = dense('ca_kpos')(pos)
+        if self.first:
+            q, k = q + dense('ca_qpos')(query_pos), k + k_pos
+        q = jnp.concatenate([split(q), split(dense('ca_qpos_sine')(query_sine))], -1)
+        k = jnp.concatenate([split(k), split(k_pos)], -1)
+        out = _attend(q, k, split(dense('ca_v')(memory)), key_valid, (2 * hd) ** -0.5,
+                      self.dropout, train, self.dtype)
+        tgt = norms[1](tgt + drop(dense('ca_out')(out)))
+        ffn = _FFN(self.d_model, self.dim_feedforward, self.dropout, self.dtype, name='ffn')
+        return norms[2](tgt + drop(ffn(tgt, train)))
+
+
+class _MLP(nn.Module):
+    """Linear layers with ReLU between them (xavier kernels, PyTorch biases)."""
+    features: tuple
+    dtype: object = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        for i, f in enumerate(self.features):
+            x = nn.Dense(f, kernel_init=_xavier, bias_init=torch_default_bias(x.shape[-1]),
+                         dtype=self.dtype, name=f'layers_{i}')(x)
+            x = nn.relu(x) if i < len(self.features) - 1 else x
+        return x
+
+
 class Transformer(nn.Module):
-    """Returns (hs [L, B, Q, D] after the decoder's final norm, memory [B, S, D])."""
+    """Returns (hs [L, B, Q, D] after the decoder's final norm, memory [B, S, D])
+    and, with `conditional` (Conditional DETR's decoder), the queries'
+    reference points [B, Q, 2] (x, y in [0, 1]) as a third value."""
     d_model: int = 256
     nhead: int = 8
     num_encoder_layers: int = 6
@@ -132,6 +218,7 @@ class Transformer(nn.Module):
     dropout: float = 0.1
     pre_norm: bool = False
     remat: bool = False
+    conditional: bool = False
     dtype: object = jnp.float32
 
     @nn.compact
@@ -153,6 +240,22 @@ class Transformer(nn.Module):
         tgt = jnp.zeros_like(query_pos)
         dec_norm = _layer_norm('decoder_norm', self.dtype)
         hs = []
+        if self.conditional:
+            d = self.d_model
+            ref = jax.nn.sigmoid(_MLP((d, 2), self.dtype, name='ref_point_head')(query_pos))
+            sine = point_sine_embed(ref, d // 2).astype(self.dtype)
+            query_scale = _MLP((d, d), self.dtype, name='query_scale')
+            layer_cls = (nn.remat(ConditionalDecoderLayer, static_argnums=(7,)) if self.remat
+                         else ConditionalDecoderLayer)
+            for i in range(self.num_decoder_layers):
+                # each layer's un-normed input, as the original (not HF with aux loss)
+                scale = 1.0 if i == 0 else query_scale(tgt)
+                tgt = layer_cls(
+                    d, self.nhead, self.dim_feedforward, self.dropout, i == 0, self.dtype,
+                    name=f'decoder_layers_{i}')(tgt, memory, pos, query_pos, sine * scale,
+                                                key_valid, train)
+                hs.append(dec_norm(tgt))
+            return jnp.stack(hs), memory, ref
         for i in range(self.num_decoder_layers):
             tgt = dec_cls(**kw, name=f'decoder_layers_{i}')(
                 tgt, memory, pos, query_pos, key_valid, train)

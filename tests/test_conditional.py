@@ -1,0 +1,126 @@
+"""Conditional DETR's decoder (`model.conditional`): parity with Hugging Face
+`transformers`' ConditionalDetrForObjectDetection (random weights, native
+ResNet backbone), and training on it."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection, ResNetConfig
+
+from detr_jax import convert
+from detr_jax.models import build_model, default_model_config
+from detr_jax.models.transformer import point_sine_embed
+from tests.test_hf_parity import _inputs, _randomize
+
+# HF decoder names -> ours (under `transformer.`, as `convert.torch_key` spells them)
+_DECODER = [
+    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.([qk])_(content|pos)_proj\.', r'decoder.layers.\1.sa_\2\3.'),
+    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.v_proj\.', r'decoder.layers.\1.sa_v.'),
+    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.o_proj\.', r'decoder.layers.\1.sa_out.'),
+    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.([qk])_(content|pos)_proj\.', r'decoder.layers.\1.ca_\2\3.'),
+    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.q_pos_sine_proj\.', r'decoder.layers.\1.ca_qpos_sine.'),
+    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.v_proj\.', r'decoder.layers.\1.ca_v.'),
+    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.o_proj\.', r'decoder.layers.\1.ca_out.'),
+    (r'^model\.decoder\.layers\.(\d+)\.self_attn_layer_norm\.', r'decoder.layers.\1.norm1.'),
+    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.', r'decoder.layers.\1.norm2.'),
+    (r'^model\.decoder\.layers\.(\d+)\.final_layer_norm\.', r'decoder.layers.\1.norm3.'),
+    (r'^model\.decoder\.layers\.(\d+)\.mlp\.fc(\d)\.', r'decoder.layers.\1.linear\2.'),
+    (r'^model\.decoder\.layernorm\.', 'decoder.norm.'),
+    (r'^model\.decoder\.(query_scale|ref_point_head)\.', r'\1.'),
+]
+
+
+def _ours_from_hf(hf_sd, num_classes, **model_overrides):
+    """Our variables from a HF Conditional DETR state dict: the decoder renamed
+    here, everything else through `convert.hf_to_original`."""
+    rest, sd = {}, {}
+    for k, v in hf_sd.items():
+        v = v.numpy()
+        if k.startswith('model.decoder.'):
+            new = k
+            for pat, rep in _DECODER:
+                if re.match(pat, k):
+                    new = re.sub(pat, rep, k)
+                    break
+            assert new != k, k
+            sd['transformer.' + new] = v
+        else:
+            rest[k] = v
+    sd.update(convert.hf_to_original(rest))
+    cfg = default_model_config()
+    cfg.update(dict(backbone='resnet_tiny', hidden_dim=64, nheads=8, enc_layers=1, dec_layers=3,
+                    dim_feedforward=32, dropout=0.0, num_queries=7, num_classes=num_classes,
+                    conditional=True, train_stages=()), **model_overrides)
+    model = build_model(cfg)
+    template = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
+                              jnp.ones((1, 64, 64), bool))
+    return model, convert.variables_from_state_dict(sd, template, 'hf conditional')
+
+
+def test_conditional_decoder_matches_transformers():
+    rc = ResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], embedding_size=8,
+                      layer_type='basic', out_features=['stage1', 'stage2', 'stage3', 'stage4'])
+    # num_labels=6: HF's sigmoid classifier has 6 outputs, ours num_classes + 1
+    hf_cfg = ConditionalDetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=rc, d_model=64,
+        encoder_layers=1, decoder_layers=3, encoder_attention_heads=8, decoder_attention_heads=8,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=7, num_labels=6,
+        # with auxiliary_loss, HF feeds each decoder layer the normed output of
+        # the previous one; the original (and we) do not
+        auxiliary_loss=False)
+    hf = _randomize(ConditionalDetrForObjectDetection(hf_cfg), seed=7)
+    x, pm = _inputs()
+    with torch.no_grad():
+        ref = hf(pixel_values=x, pixel_mask=pm)
+    model, variables = _ours_from_hf(hf.state_dict(), num_classes=5)
+    out = model.apply(variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)),
+                      jnp.asarray(pm.numpy().astype(bool)))
+    np.testing.assert_allclose(out['pred_boxes'], ref.pred_boxes.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out['pred_logits'], ref.logits.numpy(), atol=1e-4, rtol=0)
+    # the reference points spread the boxes: not all near the image centre
+    assert np.ptp(np.asarray(out['pred_boxes'])[..., :2]) > 0.1
+
+
+def test_point_sine_embed_is_the_feature_maps_sine_encoding():
+    """At a cell centre the reference point's embedding equals the feature
+    map's sine encoding there (normalize=True without its 1e-6 and the
+    cumsum's half-cell offset aside: cell (i, j) of an h x w map sits at
+    ((j + 1) / w, (i + 1) / h))."""
+    from detr_jax.models.position_encoding import PositionEmbeddingSine
+    h, w, f = 4, 6, 16
+    pos = PositionEmbeddingSine(f).apply({}, jnp.ones((1, h, w), bool))[0]
+    pts = jnp.stack(jnp.meshgrid((jnp.arange(w) + 1) / w, (jnp.arange(h) + 1) / h), -1)
+    np.testing.assert_allclose(point_sine_embed(pts, f), pos, atol=2e-5)
+
+
+def test_conditional_overfits_a_batch_and_round_trips_through_a_workdir(tmp_path):
+    from tests.test_train import _batches, _config, _setup
+    from detr_jax import checkpoints, train
+    c = _config(str(tmp_path / 'synthetic'))
+    c.model.conditional = True
+    (batch,) = _batches(c, 1)
+    state, run, _ = _setup(c, jax.devices())
+    assert 'ref_point_head' in state.params['transformer']
+    losses = []
+    for _ in range(80):
+        state, m = run(state, batch)
+        losses.append(float(m['loss']))
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+    c.train.max_steps = 2
+    train.train_and_evaluate(c, str(tmp_path / 'wd'))
+    cfg, variables, step = checkpoints.load_workdir(str(tmp_path / 'wd'))
+    assert step == 2 and cfg.model.conditional
+    out = build_model(cfg.model).apply(variables, jnp.zeros((1, 96, 96, 3)),
+                                       jnp.ones((1, 96, 96), bool))
+    assert out['pred_boxes'].shape == (1, 12, 4)
+
+
+@pytest.mark.parametrize('key', ['masks', 'pre_norm'])
+def test_conditional_rejects_masks_and_pre_norm(key):
+    cfg = default_model_config()
+    cfg.update({'conditional': True, key: True})
+    with pytest.raises(ValueError, match='config.model.conditional'):
+        build_model(cfg)
