@@ -3,9 +3,9 @@ scratch on the built-in synthetic set.
 
 Command (a fresh machine, CPU only):
   python -m detr_jax.main --config=configs/demo.py --workdir=/tmp/detr_demo
-Hardware: 2 CPU cores. Wall time: 13.7 minutes on 11-29 (data generation
-and compilation included), 16.0 minutes on 11-28: the same machine runs the
-same step up to ~20% slower on some days.
+Hardware: 2 CPU cores. Wall time: 14.1 minutes on 11-29 (data generation
+and compilation included) for AP 52.9, AP 50.2 at 11.5 minutes; the same
+machine runs the same step up to ~20% slower on some days.
 Expected: see the README's AP-vs-minutes table.
 
 No pretrained weights exist here, so the backbone trains from scratch with
@@ -65,7 +65,7 @@ def get_config():
     o.lr_drop_epochs = 72
     t = c.train
     t.epochs = 1000
-    t.max_steps = 20000  # ~12.5 minutes of steps at ~27 steps/s (2 cores)
+    t.max_steps = 20000  # ~13 minutes of steps at ~25-27 steps/s (2 cores)
     # evaluated with an EMA of the weights: far ahead before the lr drop
     # (AP 40.3 against 33.3 at step 14000), the same at the end
     t.ema_decay = 0.999
