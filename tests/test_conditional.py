@@ -124,3 +124,25 @@ def test_conditional_rejects_masks_and_pre_norm(key):
     cfg.update({'conditional': True, key: True})
     with pytest.raises(ValueError, match='config.model.conditional'):
         build_model(cfg)
+
+
+def test_conditional_with_remat_gives_the_same_values_and_gradients():
+    from tests.tiny_config import get_config
+    cfgs = []
+    for remat in (False, True):
+        c = get_config().model
+        c.conditional, c.remat, c.dropout = True, remat, 0.0
+        cfgs.append(c)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 96, 3))
+    mask = jnp.ones((2, 64, 96), bool).at[1, :, 64:].set(False)
+    plain, remat = build_model(cfgs[0]), build_model(cfgs[1])
+    v = plain.init(jax.random.PRNGKey(0), x, mask)
+
+    def loss(model, params):
+        out = model.apply({**v, 'params': params}, x, mask, train=True)
+        return jnp.sum(out['pred_boxes'] ** 2) + jnp.sum(out['aux_outputs'][0]['pred_logits'] ** 2)
+    a = jax.value_and_grad(lambda p: loss(plain, p))(v['params'])
+    b = jax.jit(jax.value_and_grad(lambda p: loss(remat, p)))(v['params'])
+    for x1, x2 in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(x1, x2, rtol=1e-4, atol=1e-5)
+    assert np.abs(a[1]['transformer']['ref_point_head']['layers_0']['kernel']).max() > 0

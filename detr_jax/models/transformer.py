@@ -18,6 +18,19 @@ def _layer_norm(name, dtype):
     return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
 
 
+def _attend(q, k, v, key_valid, scale, dropout, train, dtype):
+    """q [B, Q, h, c], k [B, S, h, c], v [B, S, h, e] -> [B, Q, h * e]."""
+    logits = jnp.einsum('bqhc,bkhc->bhqk', q * scale, k)
+    if key_valid is not None:
+        # finfo.min rather than -inf: an all-padding example (the filler of a
+        # last partial batch) then gives uniform weights, not NaN.
+        logits = jnp.where(key_valid[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+    weights = nn.Dropout(dropout)(weights, deterministic=not train)
+    out = jnp.einsum('bhqk,bkhc->bqhc', weights, v)
+    return out.reshape(out.shape[:2] + (-1,))
+
+
 class MultiheadAttention(nn.Module):
     """`torch.nn.MultiheadAttention` as one fusable XLA computation.
 
@@ -36,19 +49,12 @@ class MultiheadAttention(nn.Module):
         hd = d // h
         w = self.param('in_proj_kernel', _xavier, (d, 3 * d)).astype(self.dtype)
         b = self.param('in_proj_bias', nn.initializers.zeros, (3 * d,)).astype(self.dtype)
-        q = (query.astype(self.dtype) @ w[:, :d] + b[:d]) * (hd ** -0.5)
+        q = query.astype(self.dtype) @ w[:, :d] + b[:d]
         k = key.astype(self.dtype) @ w[:, d:2 * d] + b[d:2 * d]
         v = value.astype(self.dtype) @ w[:, 2 * d:] + b[2 * d:]
         split = lambda x: x.reshape(x.shape[:2] + (h, hd))  # noqa: E731
-        logits = jnp.einsum('bqhc,bkhc->bhqk', split(q), split(k))
-        if key_valid is not None:
-            # finfo.min rather than -inf: an all-padding example (the filler
-            # of a last partial batch) then gives uniform weights, not NaN.
-            big_neg = jnp.finfo(logits.dtype).min
-            logits = jnp.where(key_valid[:, None, None, :], logits, big_neg)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        weights = nn.Dropout(self.dropout)(weights, deterministic=not train)
-        out = jnp.einsum('bhqk,bkhc->bqhc', weights, split(v)).reshape(query.shape[:2] + (d,))
+        out = _attend(split(q), split(k), split(v), key_valid, hd ** -0.5, self.dropout, train,
+                      self.dtype)
         return nn.Dense(d, kernel_init=_xavier, bias_init=nn.initializers.zeros,
                         dtype=self.dtype, name='out_proj')(out)
 
@@ -133,17 +139,6 @@ def point_sine_embed(points, num_feats, temperature=10000.0):
         return jnp.stack([jnp.sin(e[..., 0::2]), jnp.cos(e[..., 1::2])], -1).reshape(
             e.shape[:-1] + (num_feats,))
     return jnp.concatenate([one(points[..., 1]), one(points[..., 0])], -1)
-
-
-def _attend(q, k, v, key_valid, scale, dropout, train, dtype):
-    """q [B, Q, h, c], k [B, S, h, c], v [B, S, h, e] -> [B, Q, h * e]."""
-    logits = jnp.einsum('bqhc,bkhc->bhqk', q * scale, k)
-    if key_valid is not None:
-        logits = jnp.where(key_valid[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
-    weights = nn.Dropout(dropout)(weights, deterministic=not train)
-    out = jnp.einsum('bhqk,bkhc->bqhc', weights, v)
-    return out.reshape(out.shape[:2] + (-1,))
 
 
 class ConditionalDecoderLayer(nn.Module):
