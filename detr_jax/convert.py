@@ -329,6 +329,10 @@ def read_state_dict(path):
     if not all(isinstance(v, np.ndarray) for v in raw.values()):
         bad = [k for k, v in raw.items() if not isinstance(v, np.ndarray)]
         raise CheckpointError(f'{path}: entries that are not tensors: {bad[:5]}')
+    conditional = [k for k in raw if re.search(r'(ref_point_head|q_content_proj|ca_qcontent_proj)', k)]
+    if conditional:
+        raise CheckpointError(f'{path}: a Conditional DETR checkpoint ({conditional[0]}); converting '
+                              'those is not supported (model.conditional trains from scratch)')
     is_hf = any(k.startswith(('model.', 'detr.model.')) for k in raw)
     sd = hf_to_original(raw) if is_hf else raw
     if is_hf and hf_cfg is None and 'nheads' not in args:

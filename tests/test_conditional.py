@@ -146,3 +146,15 @@ def test_conditional_with_remat_gives_the_same_values_and_gradients():
     for x1, x2 in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_allclose(x1, x2, rtol=1e-4, atol=1e-5)
     assert np.abs(a[1]['transformer']['ref_point_head']['layers_0']['kernel']).max() > 0
+
+
+def test_converting_a_conditional_detr_checkpoint_is_a_clear_error(tmp_path):
+    rc = ResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], embedding_size=8,
+                      layer_type='basic', out_features=['stage1', 'stage2', 'stage3', 'stage4'])
+    hf = ConditionalDetrForObjectDetection(ConditionalDetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=rc, d_model=32,
+        encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=5, num_labels=3))
+    hf.save_pretrained(tmp_path)
+    with pytest.raises(convert.CheckpointError, match='model.safetensors: a Conditional DETR checkpoint'):
+        convert.load_checkpoint(tmp_path)
