@@ -35,7 +35,8 @@ def get_config():
     # learn faster per step (README, the demo)
     m.enc_layers, m.dec_layers = 1, 3
     # a reference point per query and [content | spatial] cross-attention:
-    # ~1.5x the AP per step early on for the same cost per step (README)
+    # far ahead of DETR's decoder at every step (AP 54.5 against 48.0 at
+    # step 20000, one core) for 9% more per step (README)
     m.conditional = True
     m.num_queries, m.num_classes = 12, 6
     m.dropout = 0.0
