@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection, ResNetConfig
+from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection
 
 from detr_jax import convert
 from detr_jax.models import build_model, default_model_config
 from detr_jax.models.transformer import point_sine_embed
-from tests.test_hf_parity import _inputs, _randomize
+from tests.test_hf_parity import _inputs, _randomize, _tiny_resnet
 
 # HF decoder names -> ours (under `transformer.`, as `convert.torch_key` spells them)
 _DECODER = [
@@ -61,11 +61,10 @@ def _ours_from_hf(hf_sd, num_classes, **model_overrides):
 
 
 def test_conditional_decoder_matches_transformers():
-    rc = ResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], embedding_size=8,
-                      layer_type='basic', out_features=['stage1', 'stage2', 'stage3', 'stage4'])
     # num_labels=6: HF's sigmoid classifier has 6 outputs, ours num_classes + 1
     hf_cfg = ConditionalDetrConfig(
-        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=rc, d_model=64,
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=_tiny_resnet(),
+        d_model=64,
         encoder_layers=1, decoder_layers=3, encoder_attention_heads=8, decoder_attention_heads=8,
         encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=7, num_labels=6,
         # with auxiliary_loss, HF feeds each decoder layer the normed output of
@@ -149,12 +148,12 @@ def test_conditional_with_remat_gives_the_same_values_and_gradients():
 
 
 def test_converting_a_conditional_detr_checkpoint_is_a_clear_error(tmp_path):
-    rc = ResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], embedding_size=8,
-                      layer_type='basic', out_features=['stage1', 'stage2', 'stage3', 'stage4'])
     hf = ConditionalDetrForObjectDetection(ConditionalDetrConfig(
-        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=rc, d_model=32,
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=_tiny_resnet(),
+        d_model=32,
         encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
         encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=5, num_labels=3))
     hf.save_pretrained(tmp_path)
-    with pytest.raises(convert.CheckpointError, match='model.safetensors: a Conditional DETR checkpoint'):
+    with pytest.raises(convert.CheckpointError,
+                       match='model.safetensors: a Conditional DETR checkpoint'):
         convert.load_checkpoint(tmp_path)

@@ -10,14 +10,17 @@ from detr_jax import convert
 from detr_jax.models import build_model
 
 
+def _tiny_resnet(layer_type='basic'):
+    """HF's native ResNet, one block per stage: our resnet_tiny(_bottleneck)."""
+    sizes = [8, 16, 32, 64] if layer_type == 'basic' else [32, 64, 128, 256]
+    return ResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=sizes, embedding_size=8,
+                        layer_type=layer_type,
+                        out_features=['stage1', 'stage2', 'stage3', 'stage4'])
+
+
 def _hf_config(layer_type='basic'):
-    if layer_type == 'basic':
-        rc = ResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], embedding_size=8,
-                          layer_type='basic', out_features=['stage1', 'stage2', 'stage3', 'stage4'])
-    else:
-        rc = ResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 256], embedding_size=8,
-                          layer_type='bottleneck', out_features=['stage1', 'stage2', 'stage3', 'stage4'])
-    return DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=rc,
+    return DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,
+                      backbone_config=_tiny_resnet(layer_type),
                       d_model=128, encoder_layers=2, decoder_layers=3, encoder_attention_heads=8,
                       decoder_attention_heads=8, encoder_ffn_dim=64, decoder_ffn_dim=64,
                       num_queries=7, num_labels=5,
