@@ -1,8 +1,9 @@
 """Side-by-side measurements: detr_jax vs Hugging Face `transformers` DETR
 (random weights), interleaved repetitions, medians, ratios; prints a
-markdown table and writes it into the README between the BENCHMARKS markers.
+markdown table and writes it into benchmarks/README.md between the
+BENCHMARKS markers (the project README carries a short summary by hand).
 
-  python benchmarks/run.py [--quick] [--no-readme]
+  python benchmarks/run.py [--quick] [--no-table] [--only=forward,train,...]
 
 Needs the test extra (torch, transformers). Run on an otherwise idle machine.
 """
@@ -116,22 +117,14 @@ def bench_forward(rows, reps, hw=(800, 1066), batch=1):
 
 def bench_train_step(rows, reps, hw=(800, 1066), batch=2):
     import torch
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    from detr_jax import train
     from detr_jax.config_defaults import base_config
-    from detr_jax.models import build_model
-    from detr_jax.optim import build_optimizer
+    from detr_jax.sharding import make_mesh, to_global
+    from detr_jax.trainer import build_trainer
     c = base_config()
     H, W = (-(-hw[0] // 32) * 32, -(-hw[1] // 32) * 32)
     c.data.buckets = ((H, W),)
-    mesh = train.make_mesh()
-    model = build_model(c.model)
-    holder = {}
-
-    def tx_fn(p):
-        holder['tx'], _, _ = build_optimizer(p, c.optim, c.model, 1000)
-        return holder['tx']
-    state, _ = train.init_state(model, c, tx_fn, mesh, jax.random.PRNGKey(0))
+    trainer = build_trainer(c, make_mesh(), steps_per_epoch=1000)
+    state = trainer.init_state(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     M = 20
     batch_np = {'images': rng.integers(0, 255, (batch, H, W, 3)).astype(np.uint8),
@@ -139,10 +132,8 @@ def bench_train_step(rows, reps, hw=(800, 1066), batch=2):
                 'labels': rng.integers(1, 91, (batch, M)).astype(np.int32),
                 'boxes': rng.uniform(0.2, 0.5, (batch, M, 4)).astype(np.float32),
                 'valid': np.arange(M)[None].repeat(batch, 0) < 8}
-    sh = NamedSharding(mesh, P('data'))
-    g = {k: jax.make_array_from_process_local_data(sh, v) for k, v in batch_np.items()}
-    step = jax.jit(functools.partial(train.train_step, model=model, config=c, tx=holder['tx'],
-                                     mesh=mesh, norm_trainable=False), donate_argnums=(0,))
+    g = to_global(batch_np, trainer.mesh)
+    step = trainer.train_step
     t0 = time.perf_counter()
     step.lower(state, g, jax.random.PRNGKey(0)).compile()
     rows.append((f'compile: train step R50, one {H}x{W} bucket (s)', time.perf_counter() - t0,
@@ -204,28 +195,19 @@ def bench_matching(rows, reps, step_time_b2):
 def demo_step_time(reps=20):
     """Seconds per train step of configs/demo.py on one synthetic batch."""
     import tempfile
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    from detr_jax import train
     from detr_jax.data.datasets import build_source
-    from detr_jax.data.pipeline import InputPipeline
-    from detr_jax.models import build_model
-    from detr_jax.optim import build_optimizer
+    from detr_jax.data.pipeline import TRAIN_STEP_KEYS, InputPipeline, split_batch
+    from detr_jax.sharding import make_mesh, to_global
+    from detr_jax.trainer import build_trainer
     sys.path.insert(0, os.path.join(ROOT, 'configs'))
     import demo
     c = demo.get_config()
     c.data.num_train, c.data.cache_dir = 64, tempfile.mkdtemp()
     batch = next(iter(InputPipeline(build_source(c.data, 'train'), c.data)))
-    mesh, model, holder = train.make_mesh(), build_model(c.model), {}
-
-    def tx_fn(p):
-        holder['tx'], _, _ = build_optimizer(p, c.optim, c.model, 250)
-        return holder['tx']
-    state, _ = train.init_state(model, c, tx_fn, mesh, jax.random.PRNGKey(0))
-    step = jax.jit(functools.partial(train.train_step, model=model, config=c, tx=holder['tx'],
-                                     mesh=mesh, norm_trainable=False), donate_argnums=(0,))
-    sh = NamedSharding(mesh, P('data'))
-    g = {k: jax.make_array_from_process_local_data(sh, v) for k, v in batch.items()
-         if k not in ('image_id', 'orig_size')}
+    trainer = build_trainer(c, make_mesh(), steps_per_epoch=250)
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    step = trainer.train_step
+    g = to_global(split_batch(batch, TRAIN_STEP_KEYS)[0], trainer.mesh)
     state, m = step(state, g, jax.random.PRNGKey(0))
     m['loss'].block_until_ready()
     t = time.perf_counter()
@@ -236,7 +218,7 @@ def demo_step_time(reps=20):
 
 
 def bench_input_and_buckets(rows):
-    from detr_jax.data.transforms import (choose_bucket, eval_params, padding_overhead,
+    from detr_jax.data.transforms import (choose_bucket, eval_resize_params, padding_overhead,
                                           sample_train_params)
     from detr_jax.config_defaults import base_config
     # COCO 2017 train image sizes, approximated by their common shapes
@@ -254,7 +236,7 @@ def bench_input_and_buckets(rows):
     used = len({choose_bucket(h, w, c.buckets) for h, w in finals})
     rows.append(('padding: bucket pixels / real pixels (COCO recipe, train)', over, canvas,
                  f'vs one 1333x1333 canvas; {used} bucket shapes used = compilations per epoch'))
-    ev = [eval_params(h, w, c).size for h, w in sizes]
+    ev = [eval_resize_params(h, w, c).size for h, w in sizes]
     rows.append(('padding (COCO recipe, eval)', padding_overhead(ev, c.eval_buckets),
                  sum(1333 * 1333 for _ in ev) / sum(h * w for h, w in ev), 'vs 1333x1333'))
 
@@ -377,9 +359,12 @@ def table(rows):
     return '\n'.join(out)
 
 
+TABLE_FILE = os.path.join(ROOT, 'benchmarks', 'README.md')
+
+
 def merge_rows(rows, readme_text):
-    """A partial run (--only) replaces its own rows of the README's table and
-    keeps the others."""
+    """A partial run (--only) replaces its own rows of the table and keeps
+    the others."""
     old = re.search(r'<!-- BENCHMARKS -->(.*)<!-- /BENCHMARKS -->', readme_text, re.S)
     if not old:
         return rows
@@ -397,21 +382,23 @@ def merge_rows(rows, readme_text):
     return merged + list(new.values())
 
 
-def write_readme(text):
-    path = os.path.join(ROOT, 'README.md')
-    s = open(path).read()
+def write_table(text, path=TABLE_FILE):
+    """The table between the BENCHMARKS markers of `path` (the rest of the
+    file, its commentary, is kept)."""
+    s = open(path).read() if os.path.exists(path) else '# Benchmarks\n'
     block = f'<!-- BENCHMARKS -->\n{text}\n<!-- /BENCHMARKS -->'
     if '<!-- BENCHMARKS -->' in s:
         s = re.sub(r'<!-- BENCHMARKS -->.*<!-- /BENCHMARKS -->', lambda _: block, s, flags=re.S)
     else:
-        s += f'\n## Benchmarks\n\n{block}\n'
+        s += f'\n{block}\n'
     open(path, 'w').write(s)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--quick', action='store_true', help='smaller images, fewer repetitions')
-    ap.add_argument('--no-readme', action='store_true')
+    ap.add_argument('--no-table', action='store_true', help='print only; leave '
+                    'benchmarks/README.md as it is')
     ap.add_argument('--only', default='', help='comma list: forward,train,matching,data,memory')
     a = ap.parse_args()
     reps = 3 if a.quick else 5
@@ -434,10 +421,10 @@ def main():
     if 'memory' in only:
         bench_memory(rows, tmp)
     print(table(rows))
-    if not a.no_readme:
-        if a.only:
-            rows = merge_rows(rows, open(os.path.join(ROOT, 'README.md')).read())
-        write_readme(table(rows))
+    if not a.no_table:
+        if a.only and os.path.exists(TABLE_FILE):
+            rows = merge_rows(rows, open(TABLE_FILE).read())
+        write_table(table(rows))
 
 
 if __name__ == '__main__':

@@ -2,18 +2,18 @@
 scratch on the built-in synthetic set.
 
 Command (a fresh machine, CPU only):
-  python -m detr_jax.main --config=configs/demo.py --workdir=/tmp/detr_demo
-Hardware: 2 CPU cores. Wall time: 14.1 minutes on 11-29 (data generation
-and compilation included) for AP 52.9, AP 50.2 at 11.5 minutes; the same
-machine runs the same step up to ~20% slower on some days.
-Expected: see the README's AP-vs-minutes table.
+  python -m detr_jax.main --config=configs/demo.py --workdir=workdir/demo
+Hardware: 2 CPU cores. Wall time: ~14 minutes, data generation and
+compilation included (14.1 on 2026-11-29; the same step runs up to ~20%
+slower on some days).
+Expected: AP 52.9 / AP50 84.8 / AP75 60.1 at step 20000, AP 50.2 at step
+16000 (README, the demo table). With DETR's own decoder
+(`--config.model.conditional=False --config.optim.lr=3e-4
+--config.optim.lr_backbone=3e-4`): AP 45.9 at step 20000.
 
 No pretrained weights exist here, so the backbone trains from scratch with
 GroupNorm (as the original's users found necessary) and every stage trains.
-The decoder is Conditional DETR's (`model.conditional`, Meng et al., 2021):
-the original DETR decoder reached AP 45.9 in the same 20000 steps (README,
-the demo); `--config.model.conditional=False --config.optim.lr=3e-4
---config.optim.lr_backbone=3e-4` trains that one.
+What was tried on the way is in docs/experiments.md.
 """
 from detr_jax.config_defaults import base_config
 
@@ -32,11 +32,11 @@ def get_config():
     m.hidden_dim, m.nheads, m.dim_feedforward = 64, 4, 128
     # 3 decoder layers: +3.3 AP at 21000 steps over 2 (45.0 -> 48.3) for ~6%
     # more per step; a wider transformer (d=128) or 2 encoder layers did not
-    # learn faster per step (README, the demo)
+    # learn faster per step (docs/experiments.md)
     m.enc_layers, m.dec_layers = 1, 3
     # a reference point per query and [content | spatial] cross-attention:
     # far ahead of DETR's decoder at every step (AP 54.5 against 48.0 at
-    # step 20000, one core) for 9% more per step (README)
+    # step 20000, one core) for 9% more per step (docs/experiments.md)
     m.conditional = True
     m.num_queries, m.num_classes = 12, 6
     m.dropout = 0.0
@@ -57,7 +57,7 @@ def get_config():
     o = c.optim
     # with DETR's decoder 3e-4 left the "mean box" plateau in ~1500 steps,
     # 1e-3 took ~4000, 5e-4 ~2500; the conditional decoder leaves it at once
-    # and learns fastest at 5e-4 (README, the demo)
+    # and learns fastest at 5e-4 (docs/experiments.md)
     o.lr, o.lr_backbone, o.weight_decay, o.clip_norm = 5e-4, 5e-4, 1e-4, 0.1
     o.warmup_steps = 200
     # x0.1 at step 17928 (249 steps per epoch) as the original drops (a

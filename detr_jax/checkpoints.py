@@ -1,8 +1,13 @@
-"""Our own checkpoint folders: converted weights (`detr-jax convert`) and
-training workdirs, read back as (model_config, variables)."""
+"""Checkpoint I/O: training checkpoints (orbax, state + data position +
+config + label map) written, resumed and read back; converted weights
+(`detr-jax convert`); a pretrained start for fine-tuning."""
 import json
+import logging
 import os
 
+import flax
+import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -58,3 +63,78 @@ def load_workdir(workdir, step=None, ema=True):
         variables.pop('batch_stats')
     config.model.label_map = meta.get('label_map', {})
     return config, variables, step
+
+
+def manager(workdir, config):
+    """The orbax CheckpointManager of a training workdir (asynchronous saves,
+    the newest `config.train.keep_checkpoints` kept)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
+                                           enable_async_checkpointing=True, create=True)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+                                 options=options, item_names=('state', 'meta'))
+
+
+def save(mngr, step, state, position, config, label_map):
+    """The state, with the data position {'epoch', 'batch'} of the next batch,
+    the run's full config and the label map (class index -> category)."""
+    meta = {'position': position, 'config': json.loads(config.to_json_best_effort()),
+            'label_map': {str(k): v for k, v in label_map.items()}}
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            meta=ocp.args.JsonSave(meta)))
+
+
+def restore_latest(mngr, abstract_state):
+    """(step, state, meta) of the latest checkpoint, or Nones.
+
+    A checkpoint written with `train.ema_decay` off resumes with it on (the
+    EMA starts from the restored weights), and the other way round (the EMA
+    is dropped): whether the checkpoint holds an EMA is read from the config
+    stored with it."""
+    step = mngr.latest_step()
+    if step is None:
+        return None, None, None
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    has_ema = meta['config']['train']['ema_decay'] > 0
+    wants_ema = bool(abstract_state.ema_params)
+    template = abstract_state.replace(ema_params=abstract_state.params if has_ema else {})
+    state = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(template)))['state']
+    if wants_ema and not has_ema:
+        state = state.replace(ema_params=jax.tree_util.tree_map(jnp.copy, state.params))
+        logging.warning('checkpoint %d has no EMA of the weights: train.ema_decay starts one '
+                        'from its weights', step)
+    elif has_ema and not wants_ema:
+        state = state.replace(ema_params={})
+        logging.warning('checkpoint %d has an EMA of the weights; train.ema_decay is 0, so it '
+                        'is dropped', step)
+    return step, state, meta
+
+
+def init_from_pretrained(state, path, reinit_class_head=False):
+    """`state` with the weights of a converted or official checkpoint at
+    `path` (`convert.load_checkpoint`); with `reinit_class_head`, a class
+    head of another class count keeps the state's fresh one (logged)."""
+    from detr_jax.convert import load_checkpoint
+    _, variables = load_checkpoint(path)
+    params = flax.core.unfreeze(variables['params'])
+    ours = flax.core.unfreeze(state.params)
+    head = ('detr', 'class_embed') if 'detr' in ours else ('class_embed',)
+
+    def get(tree, keys):
+        for k in keys:
+            tree = tree[k]
+        return tree
+    theirs_head = get(params, head)['dense']['kernel'].shape
+    ours_head = get(ours, head)['dense']['kernel'].shape
+    if theirs_head != ours_head:
+        if not reinit_class_head:
+            raise ValueError(f'{path}: class head {theirs_head} != model {ours_head}; set '
+                             'config.train.reinit_class_head=True to start a new head for this '
+                             'dataset')
+        get(params, head[:-1])[head[-1]] = get(ours, head)
+        logging.info('re-initialized the class head: %s -> %s', theirs_head, ours_head)
+    new_params = jax.tree_util.tree_map(lambda a, b: jnp.asarray(b, a.dtype), state.params, params)
+    new_stats = jax.tree_util.tree_map(lambda a, b: jnp.asarray(b, a.dtype), state.batch_stats,
+                                       variables.get('batch_stats', {}))
+    ema = jax.tree_util.tree_map(jnp.copy, new_params) if state.ema_params else {}
+    return state.replace(params=new_params, batch_stats=new_stats, ema_params=ema)

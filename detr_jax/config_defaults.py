@@ -52,7 +52,9 @@ def base_config():
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4, clip_norm=0.1,
         lr_drop_epochs=200, lr_drop_factor=0.1,
-        schedule='step',  # or 'cosine': down to lr * lr_drop_factor at the last step
+        # 'step' (the original's drop), 'cosine' (down to lr * lr_drop_factor at
+        # the last step) or 'cooldown' (constant, then linear from lr_drop_epochs)
+        schedule='step',
         warmup_steps=0,  # optimizer updates (= train steps / grad_accum_steps)
         # one update per this many train steps (batch_size each): the
         # original's batch of 64 on fewer devices
@@ -69,7 +71,6 @@ def base_config():
         precompile=True,
         num_vis_images=4, profile=False, init_from='', reinit_class_head=False,
         eval_max_images=-1,
-        inject_nan_at_step=0,  # fault injection: a NaN loss at this step (tests)
     ))
     c.seed = 0
     return c

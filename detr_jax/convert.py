@@ -69,14 +69,6 @@ def _to_flax(leaf_name, arr):
     return arr
 
 
-def _to_torch(leaf_name, arr):
-    if leaf_name == 'kernel' and arr.ndim == 4:
-        return arr.transpose(3, 2, 0, 1)
-    if leaf_name in ('kernel', 'in_proj_kernel'):
-        return arr.T
-    return arr
-
-
 def _path_names(path):
     return tuple(getattr(p, 'key', getattr(p, 'name', str(p))) for p in path)
 
@@ -110,15 +102,6 @@ def variables_from_state_dict(state_dict, template, source='checkpoint'):
     if problems:
         raise CheckpointError(f'{source}: does not fit the model: ' + ' | '.join(problems))
     return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def state_dict_from_variables(variables):
-    """The inverse of `variables_from_state_dict` (original key names)."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
-        names = _path_names(path)[1:]
-        out[torch_key(names)] = _to_torch(names[-1], np.asarray(leaf))
-    return out
 
 
 # --- model config from tensors ------------------------------------------------

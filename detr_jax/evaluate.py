@@ -1,43 +1,24 @@
-"""COCO box AP of a model on a Source (pycocotools), and PQ (panoptic)."""
+"""Evaluation: COCO box AP of a model on a Source (pycocotools), during
+training (`run_eval`) and for a finished run or a converted checkpoint
+(`evaluate_checkpoint`, `--mode=eval`).
+"""
 import contextlib
 import copy
 import io
 import json
 import logging
 import os
+import time
 
 import jax
-import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
 
-from detr_jax.data.normalize import normalize
-from detr_jax.data.pipeline import eval_batches
-from detr_jax.postprocess import detections
+from detr_jax import checkpoints, console
+from detr_jax.data.datasets import build_source
+from detr_jax.data.pipeline import EVAL_STEP_KEYS, eval_batches, split_batch
+from detr_jax.sharding import make_mesh, to_global, to_host
 
 AP_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')
-
-
-def to_global(batch, mesh):
-    """Host-local numpy batch -> global jax.Arrays sharded on 'data'."""
-    sharding = NamedSharding(mesh, P('data'))
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-
-def to_host(x):
-    """A global array -> numpy on every host (all hosts' rows)."""
-    if jax.process_count() == 1:
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def make_eval_step(model):
-    @jax.jit
-    def eval_step(variables, batch):
-        mask = batch['pixel_mask']
-        out = model.apply(variables, normalize(batch['images'], mask), mask, train=False)
-        return detections(out, batch['orig_size'])
-    return eval_step
 
 
 def results_from_detections(dets, image_ids, label_map):
@@ -55,18 +36,17 @@ def results_from_detections(dets, image_ids, label_map):
     return res
 
 
-def predict(model, variables, source, data_cfg, mesh, eval_step=None, max_images=-1):
-    """Runs the model over `source` -> (COCO results, evaluated image ids,
-    a few (batch, dets) pairs for drawings)."""
-    eval_step = eval_step or make_eval_step(model)
+def predict(eval_step, variables, source, data_cfg, mesh, max_images=-1):
+    """Runs `eval_step` (a `Trainer`'s) over `source` -> (COCO results,
+    evaluated image ids, a few (batch, dets) pairs for drawings)."""
     if 0 < max_images < len(source):
         source = source.head(max_images)
     results, ids, samples = [], [], []
     for batch in eval_batches(source, data_cfg, jax.process_index(), jax.process_count()):
-        dets = eval_step(variables, to_global({k: v for k, v in batch.items() if k != 'masks'}, mesh))
+        device, host = split_batch(batch, EVAL_STEP_KEYS)
+        dets = eval_step(variables, to_global(device, mesh))
         dets = {k: to_host(v) for k, v in dets.items()}
-        image_ids = to_host(jax.make_array_from_process_local_data(
-            NamedSharding(mesh, P('data')), batch['image_id']))
+        image_ids = to_host(to_global({'image_id': host['image_id']}, mesh)['image_id'])
         results += results_from_detections(dets, image_ids, source.label_map)
         ids += [int(i) for i in image_ids if i >= 0]
         if len(samples) < 2:
@@ -105,3 +85,60 @@ def format_table(metrics):
     sep = '|' + '|'.join('---' for _ in names) + '|'
     row = '| ' + ' | '.join(f'{100 * metrics[k]:.1f}' for k in names) + ' |'
     return '\n'.join([head, sep, row])
+
+
+def run_eval(trainer, state, source, workdir, step, writer):
+    """COCO AP of `state`'s eval weights on the validation `source`: the
+    results json, the metrics json and a picture of predictions in
+    `workdir/eval/`, scalars to `writer`, a line on the console. Returns
+    the metrics (with `picture`: the PNG's path)."""
+    from detr_jax import draw
+    config = trainer.config
+    t = time.time()
+    results, ids, samples = predict(trainer.eval_step, state.eval_variables(), source,
+                                    config.data, trainer.mesh,
+                                    max_images=config.train.eval_max_images)
+    out_dir = os.path.join(workdir, 'eval')
+    metrics = coco_ap(source.ann_file, results, ids,
+                      out_json=os.path.join(out_dir, f'results_{step}.json'))
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, f'metrics_{step}.json'), 'w') as f:
+            json.dump({'step': step, 'images': len(ids), **metrics}, f, indent=1)
+    logging.info('eval at step %d (%d images, %.0fs):\n%s', step, len(ids), time.time() - t,
+                 format_table(metrics))
+    pic = draw.draw_eval_samples(samples, source.label_map, max_images=config.train.num_vis_images)
+    picture = None
+    if pic is not None and jax.process_index() == 0:
+        from PIL import Image
+        picture = os.path.join(out_dir, f'predictions_{step}.png')
+        Image.fromarray(pic).save(picture)
+        writer.write_images(step, {'eval/predictions': pic[None]})
+    console.eval_line(step, metrics, len(ids), time.time() - t, picture)
+    return dict(metrics, picture=picture) if picture else metrics
+
+
+def evaluate_checkpoint(config, workdir):
+    """--mode=eval: COCO AP of the latest checkpoint in `workdir`, or of
+    `config.train.init_from` (a converted or official checkpoint)."""
+    from clu import metric_writers
+    from detr_jax.convert import load_checkpoint
+    from detr_jax.train import validate_config
+    from detr_jax.trainer import TrainState, build_trainer
+    validate_config(config)
+    if checkpoints.is_workdir(workdir):
+        _, variables, step = checkpoints.load_workdir(workdir)
+    elif config.train.init_from:
+        _, variables = load_checkpoint(config.train.init_from)
+        step = 0
+    else:
+        raise FileNotFoundError(f'{workdir}: no checkpoints to evaluate and no '
+                                'config.train.init_from')
+    trainer = build_trainer(config, make_mesh(), steps_per_epoch=1)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    state = TrainState(step=jnp.asarray(step), params=variables['params'],
+                       batch_stats=variables.get('batch_stats', {}), opt_state=None)
+    metrics = run_eval(trainer, state, build_source(config.data, 'val'), workdir, step, writer)
+    writer.flush()
+    console.say(format_table(metrics))
+    return metrics

@@ -93,7 +93,7 @@ def match_all_layers(outputs, targets, matcher_cfg, mesh=None):
     boxes = jnp.stack([o['pred_boxes'] for o in layers])
     cost = matching_cost(logits, boxes, targets['labels'][None], targets['boxes'][None],
                          targets['valid'][None], matcher_cfg)
-    return match(cost, targets['valid'], matcher_cfg.get('solver', 'scipy'), mesh)
+    return match(cost, targets['valid'], matcher_cfg['solver'], mesh)
 
 
 def set_criterion(outputs, targets, config, mesh=None):

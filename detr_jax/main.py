@@ -1,6 +1,9 @@
 """Entry point: python -m detr_jax.main --config=configs/X.py --workdir=DIR
 [--mode=train|eval|train_and_eval] [--config.a.b=value ...].
 
+The console shows progress, evaluations and a summary; `--verbosity=1`
+adds the INFO logs of every library (orbax, TensorFlow, clu's metric lines).
+
 Several hosts: on a TPU VM slice every worker runs the same command and
 `jax.distributed` finds its peers by itself; elsewhere (GPU hosts, or
 processes on one machine) give --coordinator_address=HOST:PORT,
@@ -38,11 +41,14 @@ def init_distributed():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    from detr_jax import train  # after flags: keeps --help fast
-    logging.set_verbosity(logging.INFO)
+    from detr_jax import console  # after flags: keeps --help fast
+    console.set_verbosity(FLAGS.verbosity)
+    with console.quiet_native_stderr(FLAGS.verbosity < 1):
+        import tensorflow  # noqa: F401  (its start-up lines; tf.data needs it anyway)
+    from detr_jax import evaluate, train
     init_distributed()
     if FLAGS.mode == 'eval':
-        train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+        evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
         return
     config = FLAGS.config
     if FLAGS.mode == 'train':

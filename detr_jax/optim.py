@@ -7,7 +7,6 @@ import optax
 from flax import traverse_util
 
 
-
 def _stage(name):
     if name.startswith('layer'):
         return name.split('_')[0]
@@ -43,7 +42,7 @@ def lr_schedules(cfg, steps_per_epoch, total_steps=None):
     accum = max(1, cfg.grad_accum_steps)
     updates_per_epoch = steps_per_epoch / accum
     drop = int(cfg.lr_drop_epochs * updates_per_epoch)
-    kind = cfg.get('schedule', 'step')
+    kind = cfg.schedule
     if kind not in ('step', 'cosine', 'cooldown'):
         raise ValueError(f"config.optim.schedule={kind!r}: 'step', 'cosine' or 'cooldown'")
     if kind in ('cosine', 'cooldown') and not total_steps:
@@ -83,11 +82,20 @@ def applied_lr(schedule, steps_done, grad_accum_steps=1):
     return float(schedule(max(steps_done // max(1, grad_accum_steps) - 1, 0)))
 
 
-def build_optimizer(params, optim_cfg, model_cfg, steps_per_epoch, total_steps=None):
-    """Returns (optax transformation, labels tree, (lr schedule, backbone lr
-    schedule)). `total_steps` (train steps) is needed by the cosine schedule."""
-    labels = param_labels(params, model_cfg, optim_cfg.lr_backbone)
-    frozen = jax.tree_util.tree_map(lambda l: l == 'frozen', labels)
+def build_optimizer(optim_cfg, model_cfg, steps_per_epoch, total_steps=None):
+    """Returns (optax transformation, (lr schedule, backbone lr schedule)).
+
+    Built before the parameters exist: which parameters are frozen, backbone
+    or default is decided by `param_labels` when the transformation first
+    sees them (optax takes the labels as a function of the parameters).
+    `total_steps` (train steps) is needed by the cosine and cooldown
+    schedules."""
+    def labels(params):
+        return param_labels(params, model_cfg, optim_cfg.lr_backbone)
+
+    def frozen(params):
+        return jax.tree_util.tree_map(lambda label: label == 'frozen', labels(params))
+
     lr, lr_bb = lr_schedules(optim_cfg, steps_per_epoch, total_steps)
     adamw = lambda s: optax.adamw(s, b1=0.9, b2=0.999, eps=1e-8,  # noqa: E731
                                   weight_decay=optim_cfg.weight_decay)
@@ -101,6 +109,4 @@ def build_optimizer(params, optim_cfg, model_cfg, steps_per_epoch, total_steps=N
     )
     if optim_cfg.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=optim_cfg.grad_accum_steps)
-    return tx, labels, (lr, lr_bb)
-
-
+    return tx, (lr, lr_bb)

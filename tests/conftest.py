@@ -1,4 +1,6 @@
-"""Eight fake CPU devices for every test (set before jax is imported)."""
+"""Eight fake CPU devices for every test (set before jax is imported), and
+the reference fixtures, which live in tests/fixtures/ (a clone of the
+repository is all the tests need)."""
 import os
 import pathlib
 
@@ -9,8 +11,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-FIXTURES = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'fixtures'
+FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
+# computed by the original PyTorch DETR (random weights; see tests/fixtures/README.md)
 OFFICIAL = FIXTURES / 'detr_r50_tiny_official'
+PANOPTICAPI = FIXTURES / 'pq_panopticapi'
 
 
 def tiny_model_config(**kw):
@@ -25,3 +29,19 @@ def tiny_model_config(**kw):
 @pytest.fixture(scope='session')
 def reference():
     return dict(np.load(OFFICIAL / 'reference.npz'))
+
+
+@pytest.fixture(scope='session')
+def legacy_checkpoint(tmp_path_factory):
+    """The official detection layout in torch's legacy (non-zip) format,
+    written by torch's own legacy writer from the committed panoptic file:
+    its detector (the `detr.` keys, prefix dropped), `{'model': state_dict}`
+    only, fp16 as stored. (The same tensors, key order and size in bytes as
+    the original's `checkpoint_detection_legacy.pth`; only torch's storage
+    keys, which are memory addresses, differ.)"""
+    import torch  # the test extra has it
+    src = torch.load(OFFICIAL / 'checkpoint.pth', map_location='cpu', weights_only=False)
+    detector = {k[len('detr.'):]: v for k, v in src['model'].items() if k.startswith('detr.')}
+    path = tmp_path_factory.mktemp('official') / 'checkpoint_detection_legacy.pth'
+    torch.save({'model': detector}, path, _use_new_zipfile_serialization=False)
+    return path

@@ -14,3 +14,13 @@ def test_partial_run_replaces_its_rows_in_place():
     merged = run.merge_rows([('b', 5.0, None, 'new'), ('c', 1.0, 4.0, '')], readme)
     assert merged == [('a', 1.0, 2.0, 'n1'), ('b', 5.0, None, 'new'), ('c', 1.0, 4.0, '')]
     assert '| a | 1 | 2 | 0.50 | n1 |' in run.table(merged)
+
+
+def test_the_table_goes_to_benchmarks_readme_keeping_its_commentary(tmp_path):
+    path = tmp_path / 'README.md'
+    path.write_text('# Benchmarks\nintro\n<!-- BENCHMARKS -->\nold\n<!-- /BENCHMARKS -->\nnotes\n')
+    run.write_table(run.table([('a', 1.0, 2.0, 'n1')]), str(path))
+    text = path.read_text()
+    assert text.startswith('# Benchmarks\nintro\n') and text.endswith('\nnotes\n')
+    assert '| a | 1 | 2 | 0.50 | n1 |' in text and 'old' not in text
+    assert run.TABLE_FILE.endswith(os.path.join('benchmarks', 'README.md'))

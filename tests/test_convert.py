@@ -26,9 +26,10 @@ import numpy as np, jax, jax.numpy as jnp
 from detr_jax import convert
 from detr_jax.models import build_model
 ref = np.load(sys.argv[1] + '/reference.npz')
+paths = {'checkpoint.pth': sys.argv[1] + '/checkpoint.pth', 'legacy': sys.argv[2]}
 x = jnp.asarray(ref['pixels_nchw'].transpose(0, 2, 3, 1)); pm = jnp.asarray(~ref['padding_mask'])
-for name, masks in (('checkpoint.pth', True), ('checkpoint_detection_legacy.pth', False)):
-    cfg, v = convert.load_checkpoint(sys.argv[1] + '/' + name)
+for name, masks in (('checkpoint.pth', True), ('legacy', False)):
+    cfg, v = convert.load_checkpoint(paths[name])
     out = build_model(cfg).apply(v, x, pm)
     assert 'torch' not in sys.modules or sys.modules['torch'] is None
     keys = ['pred_logits', 'pred_boxes'] + (['pred_masks'] if masks else [])
@@ -41,17 +42,18 @@ print('OK without torch')
 '''
 
 
-def test_fixture_loads_without_torch():
+def test_fixture_loads_without_torch(legacy_checkpoint):
     env = dict(os.environ, XLA_FLAGS='', PYTHONPATH=ROOT)
-    r = subprocess.run([sys.executable, '-c', NO_TORCH, str(OFFICIAL)], env=env,
+    r = subprocess.run([sys.executable, '-c', NO_TORCH, str(OFFICIAL), str(legacy_checkpoint)],
+                       env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'OK without torch' in r.stdout
 
 
-def test_reader_matches_torch_load():
-    ours = load_pth(OFFICIAL / 'checkpoint_detection_legacy.pth')['model']
-    theirs = torch.load(OFFICIAL / 'checkpoint_detection_legacy.pth', weights_only=False)['model']
+def test_reader_matches_torch_load(legacy_checkpoint):
+    ours = load_pth(legacy_checkpoint)['model']
+    theirs = torch.load(legacy_checkpoint, weights_only=False)['model']
     assert set(ours) == set(theirs)
     for k in theirs:
         np.testing.assert_array_equal(ours[k], theirs[k].numpy())
@@ -60,8 +62,9 @@ def test_reader_matches_torch_load():
 
 
 @pytest.mark.parametrize('name', ['checkpoint.pth', 'checkpoint_detection_legacy.pth'])
-def test_truncated_file(tmp_path, name):
-    data = (OFFICIAL / name).read_bytes()
+def test_truncated_file(tmp_path, name, legacy_checkpoint):
+    src = OFFICIAL / name if name == 'checkpoint.pth' else legacy_checkpoint
+    data = src.read_bytes()
     bad = tmp_path / name
     bad.write_bytes(data[:len(data) // 2])
     with pytest.raises(CheckpointError, match=str(bad)):
@@ -91,9 +94,8 @@ def test_malicious_pickle_is_refused_not_run(tmp_path):
     assert not marker.exists()
 
 
-def _state_dict():
-    return {k: torch.from_numpy(np.asarray(v)) for k, v in
-            load_pth(OFFICIAL / 'checkpoint_detection_legacy.pth')['model'].items()}
+def _state_dict(path):
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in load_pth(path)['model'].items()}
 
 
 @pytest.mark.parametrize('edit,match', [
@@ -101,8 +103,8 @@ def _state_dict():
     ('extra', r'unexpected keys: transformer\.extra\.weight'),
     ('shape', r'wrong shapes: input_proj\.bias: file \(255,\) vs model \(256,\)'),
 ])
-def test_bad_keys_are_listed(tmp_path, edit, match):
-    sd = _state_dict()
+def test_bad_keys_are_listed(tmp_path, edit, match, legacy_checkpoint):
+    sd = _state_dict(legacy_checkpoint)
     if edit == 'missing':
         del sd['transformer.decoder.layers.1.norm2.bias']
     elif edit == 'extra':
@@ -132,12 +134,12 @@ def test_convert_cli_round_trip(tmp_path, reference, capsys):
         np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_published_lookup_and_hash(tmp_path):
+def test_published_lookup_and_hash(tmp_path, legacy_checkpoint):
     with pytest.raises(CheckpointError, match='download it from https://dl.fbaipublicfiles'):
         convert.from_pretrained('detr_resnet50', search_dirs=[str(tmp_path)])
     fake = tmp_path / 'detr-r50-e632da11.pth'
-    fake.write_bytes((OFFICIAL / 'checkpoint_detection_legacy.pth').read_bytes())
+    fake.write_bytes(legacy_checkpoint.read_bytes())
     with pytest.raises(CheckpointError, match='does not start with e632da11'):
         convert.from_pretrained('detr_resnet50', search_dirs=[str(tmp_path)])
-    cfg, _ = convert.from_pretrained(str(OFFICIAL / 'checkpoint_detection_legacy.pth'))
+    cfg, _ = convert.from_pretrained(str(legacy_checkpoint))
     assert cfg.num_classes == 250 and not cfg.masks

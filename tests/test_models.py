@@ -25,7 +25,7 @@ def _run_fixture(path, reference, dilation):
 
 @pytest.mark.parametrize('fname', ['checkpoint.pth', 'checkpoint_detection_legacy.pth'])
 @pytest.mark.parametrize('dilation', [False, True], ids=['plain', 'dc5'])
-def test_fixture_parity(fname, dilation, reference):
+def test_fixture_parity(fname, dilation, reference, legacy_checkpoint):
     """Outputs of the original DETR on the same weights and padded batch.
 
     Plain model: 1e-4 absolute. DC5: the fixture's own float32 result is
@@ -37,7 +37,8 @@ def test_fixture_parity(fname, dilation, reference):
     about that far away, so DC5 is held to 2e-3 (logits), 5e-4 (masks)
     and 1e-4 (boxes).
     """
-    cfg, out = _run_fixture(OFFICIAL / fname, reference, dilation)
+    path = OFFICIAL / fname if fname == 'checkpoint.pth' else legacy_checkpoint
+    cfg, out = _run_fixture(path, reference, dilation)
     assert cfg.masks == (fname == 'checkpoint.pth')
     prefix = 'dc5_' if dilation else ''
     tol = ({'pred_logits': 2e-3, 'aux_logits': 2e-3, 'pred_masks': 5e-4} if dilation else {})
@@ -175,10 +176,11 @@ def test_dilation_layer3_gives_stride_8():
     v = model.init(jax.random.PRNGKey(0), images, mask)
     feats = model.apply(v, images, method=lambda m, x: m.body(x))
     assert [f.shape[1:3] for f in feats] == [(16, 24), (8, 12), (8, 12), (8, 12)]
-    from detr_jax.models.backbone import build_resnet
+    from detr_jax.models.backbone import STAGES, build_resnet
     # 2 blocks a stage; both 3x3 convs of a basic block dilate (torchvision has
     # dilated bottlenecks only, whose single 3x3 conv follows the same rule)
-    r18 = build_resnet('resnet18', dilation=True, dilation_layer3=True)
+    r18 = build_resnet('resnet18', dilation=True, dilation_layer3=True, norm='frozen_bn',
+                       train_stages=STAGES, dtype=jnp.float32)
     jaxpr = jax.make_jaxpr(lambda x: r18.init_with_output(jax.random.PRNGKey(0), x)[0])(images)
     dil = [tuple(e.params['rhs_dilation'])[0] for e in jaxpr.jaxpr.eqns
            if e.primitive.name == 'conv_general_dilated']
@@ -219,10 +221,11 @@ def test_max_pool_matches_torch_values_and_gradients(shape):
 def test_stage_widths():
     """A backbone may give each stage its width (the narrow stride-8 demo
     backbones); the convs have them."""
-    from detr_jax.models.backbone import build_resnet, stage_channels
+    from detr_jax.models.backbone import STAGES, build_resnet, stage_channels
     assert stage_channels('resnet_small16_w32') == (16, 32, 32, 32)
     assert stage_channels('resnet50') == (256, 512, 1024, 2048)
-    net = build_resnet('resnet_small16_w48', dilation=True, dilation_layer3=True, norm='gn')
+    net = build_resnet('resnet_small16_w48', dilation=True, dilation_layer3=True, norm='gn',
+                       train_stages=STAGES, dtype=jnp.float32)
     x = jnp.zeros((1, 64, 64, 3))
     v = net.init(jax.random.PRNGKey(0), x)
     outs = net.apply(v, x)

@@ -2,14 +2,13 @@
 import json
 import os
 
-from conftest import OFFICIAL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_evaluate_notebook_runs(tmp_path, monkeypatch):
+def test_evaluate_notebook_runs(tmp_path, monkeypatch, legacy_checkpoint):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv('DETR_JAX_CHECKPOINT', str(OFFICIAL / 'checkpoint_detection_legacy.pth'))
+    monkeypatch.setenv('DETR_JAX_CHECKPOINT', str(legacy_checkpoint))
     monkeypatch.setenv('DETR_JAX_THRESHOLD', '0.0')
     nb = json.load(open(os.path.join(ROOT, 'notebooks', 'evaluate_and_visualize.ipynb')))
     scope = {}

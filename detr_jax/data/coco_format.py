@@ -35,7 +35,6 @@ class Source:
     ann_file: Optional[str] = None   # ground truth json for COCO evaluation
     panoptic_pngs: Optional[List[str]] = None   # per image segment-id PNG
     segment_ids: Optional[List[np.ndarray]] = None  # per image [n], aligned with boxes
-    panoptic_json: Optional[str] = None
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     # Sources without files (TFDS): reader(reader_index[i]) -> (image, panoptic
     # image or None), each encoded bytes or a decoded array; image_paths then
@@ -71,7 +70,7 @@ def _load_json(path):
         raise DataError(f'{path}: not valid JSON: {e}') from e
 
 
-def _check_box(bbox, w, h):
+def _bbox_problem(bbox, w, h):
     """'' if a COCO [x, y, w, h] box is usable for image w x h, else why."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return f'bbox {bbox!r} is not [x, y, w, h]'
@@ -135,7 +134,7 @@ def load_instances(ann_file, image_dir, on_bad_input='error', name=None, by_cate
             bad(ann, f'unknown category id {ann.get("category_id")}')
             continue
         h, w = sizes[ann['image_id']]
-        why = _check_box(ann.get('bbox'), w, h)
+        why = _bbox_problem(ann.get('bbox'), w, h)
         if why:
             bad(ann, why)
             continue
@@ -199,4 +198,4 @@ def load_panoptic(ann_file, image_dir, png_dir, on_bad_input='error', name=None,
     return Source(name or os.path.basename(ann_file), out['paths'], np.array(out['ids'], np.int64),
                   np.array(out['hw'], np.int32).reshape(-1, 2), out['boxes'], out['labels'],
                   label_map, panoptic_pngs=out['pngs'], segment_ids=out['segs'],
-                  panoptic_json=ann_file, skipped=skipped)
+                  skipped=skipped)

@@ -1,7 +1,7 @@
 """Which Source a config's `data` section names, for a split."""
-import logging
 import os
 
+from detr_jax.console import say
 from detr_jax.data import synthetic
 from detr_jax.data.coco_format import DataError, load_instances, load_panoptic
 
@@ -21,21 +21,18 @@ def build_source(cfg, split):
         root = os.path.join(synthetic_root(cfg), f'n{n}')
         p = synthetic.write_coco(root, split, n, seed=cfg.synthetic_seed, min_size=cfg.min_image,
                                  max_size=cfg.max_image, max_objects=cfg.max_objects,
-                                 progress=lambda i, n: logging.info(
-                                     'synthetic %s: %d/%d images written to %s', split, i, n, root))
+                                 progress=lambda i, n: say(
+                                     f'synthetic {split}: {i}/{n} images written to {root}'))
         if cfg.panoptic:
-            src = load_panoptic(p['panoptic_json'], p['images'], p['panoptic_png'], on_bad,
-                                name=f'synthetic-{split}')
-        else:
-            src = load_instances(p['instances'], p['images'], on_bad, name=f'synthetic-{split}')
-        src.panoptic_json = p['panoptic_json']
-        return src
+            return load_panoptic(p['panoptic_json'], p['images'], p['panoptic_png'], on_bad,
+                                 name=f'synthetic-{split}')
+        return load_instances(p['instances'], p['images'], on_bad, name=f'synthetic-{split}')
     if cfg.dataset == 'coco_folder':
         ann, images = (cfg.train_ann, cfg.train_images) if split == 'train' else (cfg.val_ann, cfg.val_images)
         if not ann or not images:
             raise DataError(f'config.data.{split}_ann and config.data.{split}_images must be set '
                             'for dataset=coco_folder')
-        by_id = cfg.get('class_index', 'contiguous') == 'category_id'
+        by_id = cfg.class_index == 'category_id'
         if cfg.panoptic:
             png = cfg.train_panoptic_png if split == 'train' else cfg.val_panoptic_png
             return load_panoptic(ann, images, png, on_bad, by_category_id=by_id)

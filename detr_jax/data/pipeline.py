@@ -15,7 +15,8 @@ planned examples in parallel. A batch is a dict of numpy arrays:
 pixels); `size`, `orig_size` [B, 2] (h, w); `image_id` [B] (-1 for the
 filler of a last partial eval batch); `labels` [B, M] int32, `boxes`
 [B, M, 4] (cx, cy, w, h normalized by `size`), `valid` [B, M] bool; with
-masks, `masks` [B, M, H, W] bool.
+masks, `masks` [B, M, H, W] bool. `split_batch` separates what a jitted
+step takes (`TRAIN_STEP_KEYS`, `EVAL_STEP_KEYS`) from what stays on the host.
 """
 import atexit
 import collections
@@ -31,10 +32,26 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from detr_jax.data.coco_format import DataError, Source
-from detr_jax.data.transforms import (Params, choose_bucket, eval_params, sample_train_params,
-                                      transform_boxes)
+from detr_jax.data.transforms import (Params, choose_bucket, eval_resize_params,
+                                      sample_train_params, transform_boxes)
 
-tf.config.set_visible_devices([], 'GPU')
+# What the jitted train / eval steps take from a batch; the rest (image ids,
+# sizes, and for drawings the whole batch) stays on the host.
+TRAIN_STEP_KEYS = ('images', 'pixel_mask', 'labels', 'boxes', 'valid', 'masks')
+EVAL_STEP_KEYS = ('images', 'pixel_mask', 'orig_size')
+
+
+def split_batch(batch, step_keys):
+    """A numpy batch -> (the entries a step takes, the other entries)."""
+    device = {k: v for k, v in batch.items() if k in step_keys}
+    host = {k: v for k, v in batch.items() if k not in step_keys}
+    return device, host
+
+
+def _keep_tensorflow_off_accelerators():
+    """tf.data runs on the host: TensorFlow must not claim GPU memory that
+    JAX uses (called when a pipeline is built, not at import)."""
+    tf.config.set_visible_devices([], 'GPU')
 
 
 @dataclasses.dataclass
@@ -87,7 +104,7 @@ def plan_eval(source: Source, cfg, batch_size=None):
     counts = collections.Counter()
     for i in range(len(source)):
         h0, w0 = (int(v) for v in source.sizes[i])
-        p = eval_params(h0, w0, cfg)
+        p = eval_resize_params(h0, w0, cfg)
         bucket = choose_bucket(*p.size, cfg.eval_buckets, f'{source.image_paths[i]}: ')
         groups[bucket].append(_plan_example(source, i, p, cfg, counts))
     batches = []
@@ -122,14 +139,18 @@ def _open(x, exif=True):
         return _to_rgb(im, exif)
 
 
-def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None, cache=None):
+def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None, cache=None,
+            errors=None):
     """Host decode: any PIL image (grayscale, CMYK, 16-bit, EXIF-rotated) to
     RGB uint8, and panoptic masks [h, w, M] for the given segment ids. Files
     are read from `path`/`png`, or with a `reader` (TFDS) from example `index`.
 
     An unreadable image is an error naming the file, or with `skip_bad` a
     black image whose targets the caller drops (shapes stay static), counted
-    by reason in `skipped` (a Counter of the dataset being read).
+    by reason in `skipped` (a Counter of the dataset being read). Inside
+    tf.data the error is appended to the list `errors` (and a black image
+    returned), for the consumer to raise as it is: an exception raised
+    here would reach it only as TensorFlow's wrapper.
 
     With a `cache` (a dict; `data.cache_images`) each image is decoded once
     and then read from memory (with a reader's encoded panoptic PNG; the masks
@@ -149,8 +170,11 @@ def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None,
                              f'annotated {h0}x{w0}')
     except (OSError, ValueError, SyntaxError) as e:
         if not skip_bad:
-            raise DataError(f'{path}: cannot use image: {e}') from e
-        if skipped is not None:
+            error = DataError(f'{path}: cannot use image: {e}')
+            if errors is None:
+                raise error from e
+            errors.append(error)
+        elif skipped is not None:
             skipped[f'{type(e).__name__}: {str(e)[:60]}'] += 1
         return (np.zeros((h0, w0, 3), np.uint8), np.zeros((h0, w0, len(segs)), np.uint8),
                 np.bool_(False))
@@ -165,9 +189,9 @@ def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None,
     return img, masks, np.bool_(True)
 
 
-def _tf_transform(e, with_masks, skip_bad, reader, skipped, cache=None):
+def _tf_transform(e, with_masks, skip_bad, reader, skipped, cache, errors):
     img, masks, ok = tf.numpy_function(
-        functools.partial(_decode, reader=reader, skipped=skipped, cache=cache),
+        functools.partial(_decode, reader=reader, skipped=skipped, cache=cache, errors=errors),
         [e['path'], e['png'], e['segs'], e['h0'], e['w0'], skip_bad, e['index']],
         [tf.uint8, tf.uint8, tf.bool])
     img = tf.reshape(img, tf.stack([e['h0'], e['w0'], 3]))
@@ -250,20 +274,23 @@ def _elements(source, batches, cfg, lo, hi):
 
 
 def make_tf_dataset(source, batches, cfg, local_batch, lo, hi, with_masks=False, skipped=None,
-                    image_cache=None):
+                    image_cache=None, errors=None):
     """tf.data over planned batches (this host's slice [lo, hi) of each).
     Images skipped as unreadable are counted in the Counter `skipped`;
-    decoded images are kept in the dict `image_cache` if given."""
+    decoded images are kept in the dict `image_cache` if given; with
+    `on_bad_input='error'` an unreadable image's DataError is appended to
+    the list `errors` (`numpy_batches` raises it)."""
     if not batches:
         return None
+    _keep_tensorflow_off_accelerators()
     el = _elements(source, batches, cfg, lo, hi)
-    skip_bad = cfg.get('on_bad_input', 'error') == 'skip'
+    skip_bad = cfg.on_bad_input == 'skip'
     ds = tf.data.Dataset.from_tensor_slices(el)
     ds = ds.map(lambda e: tf.cond(e['filler'], lambda: _filler_transform(e, with_masks),
-                                  lambda: _tf_transform(e, with_masks, skip_bad,
-                                                        source.reader, skipped, image_cache)),
+                                  lambda: _tf_transform(e, with_masks, skip_bad, source.reader,
+                                                        skipped, image_cache, errors)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch).prefetch(cfg.get('prefetch', 2))
+    ds = ds.batch(local_batch).prefetch(cfg.prefetch)
     # Without tf.data's autotuning thread: a training run makes a new dataset
     # per epoch (and per evaluation), and destroying an iterator whose
     # autotuner is running blocked the main thread for 8-10 s at about half
@@ -295,7 +322,7 @@ class InputPipeline:
         self._plans: Dict[int, list] = {}
         # decoded images kept across epochs (data.cache_images: small sets
         # such as the demo's, where decoding took a third of the CPU time)
-        self._images = {} if cfg.get('cache_images', False) else None
+        self._images = {} if cfg.cache_images else None
 
     def plan(self, epoch):
         if epoch not in self._plans:
@@ -309,9 +336,6 @@ class InputPipeline:
     def restore(self, position):
         self.position = {'epoch': int(position['epoch']), 'batch': int(position['batch'])}
 
-    def bucket_of(self, epoch, batch):
-        return self.plan(epoch)[batch][0]
-
     def __iter__(self):
         return _closed_at_exit(self._batches())
 
@@ -320,9 +344,10 @@ class InputPipeline:
             epoch, start = self.position['epoch'], self.position['batch']
             batches = self.plan(epoch)
             self._skipped = collections.Counter()  # this epoch's, not an eval's
+            errors = []
             ds = make_tf_dataset(self.source, batches[start:], self.cfg, self.local, self.lo,
-                                 self.hi, self.with_masks, self._skipped, self._images)
-            for k, batch in enumerate(_surface_errors(ds)):
+                                 self.hi, self.with_masks, self._skipped, self._images, errors)
+            for k, batch in enumerate(numpy_batches(ds, errors)):
                 nxt = start + k + 1
                 if nxt < len(batches):
                     self.position = {'epoch': epoch, 'batch': nxt}
@@ -352,11 +377,12 @@ def eval_batches(source: Source, cfg, process_index=0, process_count=1, with_mas
     local = bs // process_count
     batches = plan_eval(source, cfg, bs)
     skipped = collections.Counter() if skipped is None else skipped
+    errors = []
     ds = make_tf_dataset(source, batches, cfg, local, process_index * local,
-                         (process_index + 1) * local, with_masks, skipped)
+                         (process_index + 1) * local, with_masks, skipped, errors=errors)
 
     def batches_then_report():
-        yield from _surface_errors(ds)
+        yield from numpy_batches(ds, errors)
         if skipped:
             logging.warning('evaluation of %s: unreadable images evaluated as black: %s',
                             source.name, dict(skipped))
@@ -381,17 +407,13 @@ def _close_open_pipelines():
         gen.close()
 
 
-def _surface_errors(ds):
-    """Numpy batches; a decode error comes out as the DataError it was
-    (naming the file), not as TensorFlow's wrapper."""
+def numpy_batches(ds, errors):
+    """The numpy batches of a `make_tf_dataset` dataset; an unreadable image
+    recorded in `errors` is raised as its DataError (naming the file) before
+    the batch that holds it is handed out."""
     if ds is None:
         return
-    it = ds.as_numpy_iterator()
-    while True:
-        try:
-            yield next(it)
-        except StopIteration:
-            return
-        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-            msg = e.message.split('DataError: ')[-1].split('\n')[0]
-            raise DataError(msg) from None
+    for batch in ds.as_numpy_iterator():
+        if errors:
+            raise errors[0]
+        yield batch

@@ -141,7 +141,9 @@ def _check_objects(objs):
     return ''
 
 
-def _check_box(box, label, num_labels):
+def _object_problem(box, label, num_labels):
+    """'' if a TFDS object (box [ymin, xmin, ymax, xmax] in [0, 1], label) is
+    usable, else why."""
     if not np.isfinite(box).all():
         return 'non-finite box'
     ymin, xmin, ymax, xmax = box
@@ -191,7 +193,7 @@ def build_index(reader, on_bad_input='error', progress_every=5000):
         boxes, labels, segs, gt = [], [], [], []
         for k, (box, label) in enumerate(zip(np.asarray(objs['bbox'], np.float64).reshape(-1, 4),
                                              np.asarray(objs['label']))):
-            why = _check_box(box, int(label), len(ids_table))
+            why = _object_problem(box, int(label), len(ids_table))
             if why:
                 bad(i, image_id, f'object {k} ({box.tolist()}, label {int(label)}): {why}', why)
                 continue

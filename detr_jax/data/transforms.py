@@ -56,7 +56,7 @@ def sample_train_params(rng, h0, w0, cfg):
                   get_size_with_aspect_ratio(ch, cw, s, cfg.max_size))
 
 
-def eval_params(h0, w0, cfg):
+def eval_resize_params(h0, w0, cfg):
     size = get_size_with_aspect_ratio(h0, w0, cfg.eval_size, cfg.eval_max_size)
     return Params(False, size, (0, 0) + size, size)
 

@@ -40,7 +40,7 @@ def default_model_config():
         # Conditional DETR's decoder (Meng et al., 2021): a reference point
         # per query, cross-attention over [content | spatial] per head, boxes
         # predicted around the reference points. Not the original DETR; the
-        # CPU demo uses it (README, the demo). Detection only, post-norm.
+        # CPU demo uses it (docs/experiments.md). Detection only, post-norm.
         conditional=False,
     ))
 
@@ -62,7 +62,7 @@ def validate_model_config(cfg):
     if cfg.masks and (cfg.hidden_dim % 128 or (cfg.hidden_dim + cfg.nheads) % 8):
         bad('hidden_dim', 'the mask head needs a multiple of 128 with hidden_dim + nheads '
             'divisible by 8 (its GroupNorms have 8 groups down to hidden_dim/16 channels)')
-    if cfg.get('conditional', False) and (cfg.masks or cfg.pre_norm):
+    if cfg.conditional and (cfg.masks or cfg.pre_norm):
         bad('conditional', 'the conditional decoder is for detection (masks=False) and '
             'post-norm (pre_norm=False) only')
     if cfg.dtype not in _DTYPES:
@@ -75,13 +75,13 @@ def validate_model_config(cfg):
         bad('train_stages', f'unknown stages {sorted(unknown)}')
     if not 0.0 <= cfg.dropout < 1.0:
         bad('dropout', 'must be in [0, 1)')
-    if cfg.get('dilation_layer3', False) and not cfg.dilation:
+    if cfg.dilation_layer3 and not cfg.dilation:
         bad('dilation_layer3', 'needs model.dilation=True (layer4 dilated too)')
 
 
 def feature_stride(cfg):
     if cfg.dilation:
-        return 8 if cfg.get('dilation_layer3', False) else 16
+        return 8 if cfg.dilation_layer3 else 16
     return 32
 
 
@@ -103,17 +103,26 @@ def abstract_variables(model, size=64):
                           jnp.ones((1, size, size), bool))
 
 
+def full_model_config(cfg):
+    """`cfg` (a `config.model` ConfigDict or dict, possibly written before
+    a key existed, e.g. a stored checkpoint config) over the defaults; a
+    `label_map` entry (checkpoint readers add it) is not a hyperparameter."""
+    full = default_model_config()
+    full.update({k: v for k, v in dict(cfg).items() if k != 'label_map'})
+    return full
+
+
 def build_model(cfg):
-    """The Flax module for `cfg` (a `config.model` ConfigDict or dict)."""
-    cfg = ml_collections.ConfigDict(dict(cfg))
+    """The Flax module for `cfg` (a `config.model` ConfigDict or dict; keys
+    it lacks take `default_model_config`'s values)."""
+    cfg = full_model_config(cfg)
     validate_model_config(cfg)
     detr = DETR(
         num_classes=cfg.num_classes, num_queries=cfg.num_queries, hidden_dim=cfg.hidden_dim,
         nheads=cfg.nheads, enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
         dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, pre_norm=cfg.pre_norm,
-        backbone=cfg.backbone, dilation=cfg.dilation,
-        dilation_layer3=cfg.get('dilation_layer3', False), norm=cfg.norm,
-        position_embedding=cfg.position_embedding, aux_loss=cfg.aux_loss,
-        remat=cfg.remat, train_stages=tuple(cfg.train_stages),
-        conditional=cfg.get('conditional', False), dtype=_DTYPES[cfg.dtype])
+        backbone=cfg.backbone, dilation=cfg.dilation, dilation_layer3=cfg.dilation_layer3,
+        norm=cfg.norm, position_embedding=cfg.position_embedding, aux_loss=cfg.aux_loss,
+        remat=cfg.remat, train_stages=tuple(cfg.train_stages), conditional=cfg.conditional,
+        dtype=_DTYPES[cfg.dtype])
     return DETRPanoptic(detr=detr) if cfg.masks else detr

@@ -7,7 +7,6 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from detr_jax.models.layers import TorchConv, make_norm, max_pool
 
@@ -54,11 +53,11 @@ def _kaiming_fan_out():
 class _Block(nn.Module):
     planes: int
     bottleneck: bool
+    norm: str
+    dtype: object
     stride: int = 1
     dilation: int = 1
     downsample: bool = False
-    norm: str = 'frozen_bn'
-    dtype: object = jnp.float32
 
     @nn.compact
     def __call__(self, x, train=False):
@@ -93,18 +92,18 @@ class ResNet(nn.Module):
     `dilation_layer3` as well, layer3 and layer4 keep stride 8,
     `[False, True, True]`).
     """
-    block: str = 'bottleneck'
-    stage_sizes: Sequence[int] = (3, 4, 6, 3)
-    width: int | tuple = 64  # the stem's and layer1's; or the 4 stages' widths
-    dilation: bool = False
-    dilation_layer3: bool = False
-    norm: str = 'frozen_bn'
+    block: str  # 'bottleneck' | 'basic'
+    stage_sizes: Sequence[int]
+    width: int | tuple  # the stem's and layer1's; or the 4 stages' widths
+    dilation: bool
+    dilation_layer3: bool
+    norm: str
     # Leading stages outside `train_stages` get no gradient at all (their
     # output is a stop_gradient), as the original's requires_grad=False:
     # the backward pass through the stem and layer1 at full resolution is
     # the most expensive part of a step and would be thrown away.
-    train_stages: Sequence[str] = STAGES
-    dtype: object = jnp.float32
+    train_stages: Sequence[str]
+    dtype: object
 
     @nn.compact
     def __call__(self, x, train=False):
@@ -144,8 +143,9 @@ class ResNet(nn.Module):
         return outs
 
 
-def build_resnet(name, dilation=False, norm='frozen_bn', dtype=jnp.float32, train_stages=STAGES,
-                 dilation_layer3=False):
+def build_resnet(name, *, dilation, dilation_layer3, norm, train_stages, dtype):
+    """The ResNet `name` (a key of RESNETS); the other arguments are the
+    `config.model` keys of the same names (`default_model_config`)."""
     if name not in RESNETS:
         raise ValueError(f'model.backbone must be one of {sorted(RESNETS)}, got {name!r}')
     block, sizes, width = RESNETS[name]

@@ -40,30 +40,34 @@ class DETR(nn.Module):
     (cx, cy, w, h in [0, 1] of the unpadded image) and, with `aux_loss`,
     `aux_outputs`: one such dict per earlier decoder layer. Outputs are
     float32 whatever the compute `dtype`.
+
+    The fields are `config.model`'s keys; `models.build_model` fills them
+    from `default_model_config` (their one set of defaults).
     """
-    num_classes: int = 91
-    num_queries: int = 100
-    hidden_dim: int = 256
-    nheads: int = 8
-    enc_layers: int = 6
-    dec_layers: int = 6
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    pre_norm: bool = False
-    backbone: str = 'resnet50'
-    dilation: bool = False
-    dilation_layer3: bool = False
-    norm: str = 'frozen_bn'
-    position_embedding: str = 'sine'
-    aux_loss: bool = True
-    remat: bool = False
-    train_stages: tuple = ('layer2', 'layer3', 'layer4')
-    conditional: bool = False
-    dtype: object = jnp.float32
+    num_classes: int
+    num_queries: int
+    hidden_dim: int
+    nheads: int
+    enc_layers: int
+    dec_layers: int
+    dim_feedforward: int
+    dropout: float
+    pre_norm: bool
+    backbone: str
+    dilation: bool
+    dilation_layer3: bool
+    norm: str
+    position_embedding: str
+    aux_loss: bool
+    remat: bool
+    train_stages: tuple
+    conditional: bool
+    dtype: object
 
     def setup(self):
-        self.body = build_resnet(self.backbone, self.dilation, self.norm, self.dtype,
-                                 self.train_stages, self.dilation_layer3)
+        self.body = build_resnet(self.backbone, dilation=self.dilation,
+                                 dilation_layer3=self.dilation_layer3, norm=self.norm,
+                                 train_stages=self.train_stages, dtype=self.dtype)
         if self.position_embedding == 'sine':
             self.pos_embed = PositionEmbeddingSine(self.hidden_dim // 2)
         else:

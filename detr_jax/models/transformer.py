@@ -80,9 +80,9 @@ class EncoderLayer(nn.Module):
     d_model: int
     nhead: int
     dim_feedforward: int
-    dropout: float = 0.1
-    pre_norm: bool = False
-    dtype: object = jnp.float32
+    dropout: float
+    pre_norm: bool
+    dtype: object
 
     @nn.compact
     def __call__(self, src, pos, key_valid, train=False):
@@ -103,9 +103,9 @@ class DecoderLayer(nn.Module):
     d_model: int
     nhead: int
     dim_feedforward: int
-    dropout: float = 0.1
-    pre_norm: bool = False
-    dtype: object = jnp.float32
+    dropout: float
+    pre_norm: bool
+    dtype: object
 
     @nn.compact
     def __call__(self, tgt, memory, pos, query_pos, key_valid, train=False):
@@ -156,9 +156,9 @@ class ConditionalDecoderLayer(nn.Module):
     d_model: int
     nhead: int
     dim_feedforward: int
-    dropout: float = 0.1
-    first: bool = False
-    dtype: object = jnp.float32
+    dropout: float
+    first: bool
+    dtype: object
 
     @nn.compact
     def __call__(self, tgt, memory, pos, query_pos, query_sine, key_valid, train=False):
@@ -187,7 +187,7 @@ class ConditionalDecoderLayer(nn.Module):
         return norms[2](tgt + drop(ffn(tgt, train)))
 
 
-class _MLP(nn.Module):
+class _XavierMLP(nn.Module):
     """Linear layers with ReLU between them (xavier kernels, PyTorch biases)."""
     features: tuple
     dtype: object = jnp.float32
@@ -205,16 +205,16 @@ class Transformer(nn.Module):
     """Returns (hs [L, B, Q, D] after the decoder's final norm, memory [B, S, D])
     and, with `conditional` (Conditional DETR's decoder), the queries'
     reference points [B, Q, 2] (x, y in [0, 1]) as a third value."""
-    d_model: int = 256
-    nhead: int = 8
-    num_encoder_layers: int = 6
-    num_decoder_layers: int = 6
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    pre_norm: bool = False
-    remat: bool = False
-    conditional: bool = False
-    dtype: object = jnp.float32
+    d_model: int
+    nhead: int
+    num_encoder_layers: int
+    num_decoder_layers: int
+    dim_feedforward: int
+    dropout: float
+    pre_norm: bool
+    remat: bool
+    conditional: bool
+    dtype: object
 
     @nn.compact
     def __call__(self, src, key_valid, query_embed, pos, train=False):
@@ -237,9 +237,9 @@ class Transformer(nn.Module):
         hs = []
         if self.conditional:
             d = self.d_model
-            ref = jax.nn.sigmoid(_MLP((d, 2), self.dtype, name='ref_point_head')(query_pos))
+            ref = jax.nn.sigmoid(_XavierMLP((d, 2), self.dtype, name='ref_point_head')(query_pos))
             sine = point_sine_embed(ref, d // 2).astype(self.dtype)
-            query_scale = _MLP((d, d), self.dtype, name='query_scale')
+            query_scale = _XavierMLP((d, d), self.dtype, name='query_scale')
             layer_cls = (nn.remat(ConditionalDecoderLayer, static_argnums=(7,)) if self.remat
                          else ConditionalDecoderLayer)
             for i in range(self.num_decoder_layers):

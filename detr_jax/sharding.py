@@ -1,0 +1,38 @@
+"""The device mesh and global arrays.
+
+One `Mesh` with a single 'data' axis over every device of every host: the
+train state is replicated, batches are split on 'data'. Hosts hand in their
+own rows (`to_global`) and read every host's rows back (`to_host`).
+"""
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def make_mesh(devices=None):
+    """A 'data' mesh over `devices` (default: every global device)."""
+    return Mesh(np.array(jax.devices() if devices is None else devices), ('data',))
+
+
+def replicated(mesh):
+    return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh):
+    """Split on the leading (batch) axis over 'data'."""
+    return NamedSharding(mesh, P('data'))
+
+
+def to_global(batch, mesh):
+    """This host's numpy rows {key: [local B, ...]} -> global jax.Arrays
+    [global B, ...] sharded on 'data'."""
+    sharding = data_sharded(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def to_host(x):
+    """A global array -> numpy on every host (all hosts' rows)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
