@@ -43,6 +43,16 @@ def load_converted(path):
     return cfg, variables
 
 
+def _tuples(tree):
+    """A config read back from JSON with its sequences as tuples again (the
+    configs' own type: bucket shapes are dict keys)."""
+    if isinstance(tree, dict):
+        return {k: _tuples(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return tuple(_tuples(v) for v in tree)
+    return tree
+
+
 def load_workdir(workdir, step=None, ema=True):
     """The latest (or given) training checkpoint of a workdir ->
     (full config, model variables, step). The variables hold the EMA weights
@@ -54,7 +64,7 @@ def load_workdir(workdir, step=None, ema=True):
         raise FileNotFoundError(f'{workdir}: no checkpoint in {workdir}/checkpoints')
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
     state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
-    config = ml_collections.ConfigDict(meta['config'])
+    config = ml_collections.ConfigDict(_tuples(meta['config']))
     params = state['params']
     if ema and state.get('ema_params'):
         params = state['ema_params']

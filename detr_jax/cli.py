@@ -3,7 +3,7 @@ import sys
 
 USAGE = """usage: detr-jax COMMAND [options]
   train    --config=configs/X.py --workdir=DIR [--config.a.b=v ...]
-  eval     --config=configs/X.py --workdir=DIR
+  eval     --workdir=DIR [--config=configs/X.py --config.a.b=v ...]  (a run: its stored config)
   convert  SRC --out DIR [--dilation]   (official .pth or Hugging Face -> orbax)
   predict  --checkpoint=DIR IMAGE [IMAGE ...] [--out=DIR] [--threshold=0.5]
 """

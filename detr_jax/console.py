@@ -48,9 +48,14 @@ def quiet_native_stderr(quiet=True):
         os.close(saved)
 
 
+def percent(value):
+    """A COCO figure (a fraction) in percent; None (undefined) as 'n/a'."""
+    return 'n/a' if value is None else f'{100 * value:.1f}'
+
+
 def format_metrics(metrics, names=('AP', 'AP50', 'AP75')):
     """`AP 52.9 | AP50 84.8 | AP75 60.1` (COCO figures in percent)."""
-    return ' | '.join(f'{k} {100 * metrics[k]:.1f}' for k in names if k in metrics)
+    return ' | '.join(f'{k} {percent(metrics[k])}' for k in names if k in metrics)
 
 
 def say(message):

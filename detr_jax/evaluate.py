@@ -54,21 +54,38 @@ def predict(eval_step, variables, source, data_cfg, mesh, max_images=-1):
     return results, ids, samples
 
 
-def coco_ap(ann_file, results, image_ids=None, out_json=None):
-    """pycocotools bbox AP/AP50/AP75/APs/APm/APl (0 when there are no results)."""
+def _coco(dataset):
+    """A pycocotools COCO of a json dict (deep-copied: pycocotools edits it)."""
     from pycocotools.coco import COCO
+    coco = COCO()
+    coco.dataset = copy.deepcopy(dataset)
+    coco.createIndex()
+    return coco
+
+
+def coco_ap(ground_truth, results, image_ids=None, out_json=None):
+    """pycocotools bbox AP/AP50/AP75/APs/APm/APl of `results` (COCO results
+    json entries) against `ground_truth` (a COCO json dict, or its path),
+    over `image_ids` (default: every image of the ground truth). A figure
+    COCO leaves undefined (no ground truth of that size, pycocotools' -1) is
+    None; with no results, defined figures are 0."""
     from pycocotools.cocoeval import COCOeval
     if out_json:
         os.makedirs(os.path.dirname(out_json), exist_ok=True)
         with open(out_json, 'w') as f:
             json.dump(results, f)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(ann_file)
-    if not results:
-        return {k: 0.0 for k in AP_NAMES}
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        dt = gt.loadRes(copy.deepcopy(results))  # loadRes edits its input
+        if isinstance(ground_truth, dict):
+            gt = _coco(ground_truth)
+        else:
+            from pycocotools.coco import COCO
+            gt = COCO(ground_truth)
+        if results:
+            dt = gt.loadRes(copy.deepcopy(results))  # loadRes edits its input
+        else:
+            dt = _coco({'images': gt.dataset['images'], 'annotations': [],
+                        'categories': gt.dataset['categories']})
         ev = COCOeval(gt, dt, 'bbox')
         if image_ids is not None:
             ev.params.imgIds = sorted(set(image_ids))
@@ -76,14 +93,14 @@ def coco_ap(ann_file, results, image_ids=None, out_json=None):
         ev.accumulate()
         ev.summarize()
     logging.info('COCO eval:\n%s', buf.getvalue())
-    return {k: float(max(v, 0.0)) for k, v in zip(AP_NAMES, ev.stats[:6])}
+    return {k: (float(v) if v >= 0 else None) for k, v in zip(AP_NAMES, ev.stats[:6])}
 
 
 def format_table(metrics):
     names = [k for k in AP_NAMES if k in metrics]
     head = '| ' + ' | '.join(names) + ' |'
     sep = '|' + '|'.join('---' for _ in names) + '|'
-    row = '| ' + ' | '.join(f'{100 * metrics[k]:.1f}' for k in names) + ' |'
+    row = '| ' + ' | '.join(console.percent(metrics[k]) for k in names) + ' |'
     return '\n'.join([head, sep, row])
 
 
@@ -99,9 +116,10 @@ def run_eval(trainer, state, source, workdir, step, writer):
                                     config.data, trainer.mesh,
                                     max_images=config.train.eval_max_images)
     out_dir = os.path.join(workdir, 'eval')
-    metrics = coco_ap(source.ann_file, results, ids,
+    metrics = coco_ap(source.ground_truth, results, ids,
                       out_json=os.path.join(out_dir, f'results_{step}.json'))
-    writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
+    # undefined figures (None) are left out of TensorBoard
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items() if v is not None})
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, f'metrics_{step}.json'), 'w') as f:
             json.dump({'step': step, 'images': len(ids), **metrics}, f, indent=1)
@@ -118,27 +136,40 @@ def run_eval(trainer, state, source, workdir, step, writer):
     return dict(metrics, picture=picture) if picture else metrics
 
 
-def evaluate_checkpoint(config, workdir):
-    """--mode=eval: COCO AP of the latest checkpoint in `workdir`, or of
-    `config.train.init_from` (a converted or official checkpoint)."""
+def evaluate_checkpoint(workdir, config=None, overrides=None):
+    """--mode=eval. With checkpoints in `workdir`: COCO AP of the latest one,
+    with the run's stored config and `overrides` ({'data.val_ann': ...}: the
+    values given on the command line) on top. Otherwise: COCO AP of
+    `config.train.init_from` (a converted or official checkpoint) with
+    `config`. Class ids come from the label map stored with the weights."""
+    import ml_collections
     from clu import metric_writers
     from detr_jax.convert import load_checkpoint
     from detr_jax.train import validate_config
     from detr_jax.trainer import TrainState, build_trainer
-    validate_config(config)
     if checkpoints.is_workdir(workdir):
-        _, variables, step = checkpoints.load_workdir(workdir)
-    elif config.train.init_from:
-        _, variables = load_checkpoint(config.train.init_from)
+        stored, variables, step = checkpoints.load_workdir(workdir)
+        label_map = stored.model.label_map
+        config = ml_collections.ConfigDict(stored.to_dict(), type_safe=False)
+        config.update_from_flattened_dict(dict(overrides or {}))
+        console.say(f'evaluating step {step} of {workdir} with its stored config'
+                    + (f' and {sorted(overrides)}' if overrides else ''))
+    elif config is not None and config.train.init_from:
+        model_cfg, variables = load_checkpoint(config.train.init_from)
+        label_map = model_cfg.get('label_map') or None
         step = 0
     else:
-        raise FileNotFoundError(f'{workdir}: no checkpoints to evaluate and no '
-                                'config.train.init_from')
+        raise FileNotFoundError(f'{workdir}: no checkpoints to evaluate, and no '
+                                '--config with config.train.init_from')
+    validate_config(config)
+    source = build_source(config.data, 'val', label_map=label_map)
+    if config.model.num_classes is None:
+        config.model.num_classes = source.num_classes
     trainer = build_trainer(config, make_mesh(), steps_per_epoch=1)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     state = TrainState(step=jnp.asarray(step), params=variables['params'],
                        batch_stats=variables.get('batch_stats', {}), opt_state=None)
-    metrics = run_eval(trainer, state, build_source(config.data, 'val'), workdir, step, writer)
+    metrics = run_eval(trainer, state, source, workdir, step, writer)
     writer.flush()
     console.say(format_table(metrics))
     return metrics

@@ -15,13 +15,14 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=True)
+config_flags.DEFINE_config_file('config', None, 'A configs/*.py file (optional with '
+                                '--mode=eval: the workdir stores its run\'s).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, logs, results and pictures go here.')
 flags.DEFINE_enum('mode', 'train_and_eval', ['train', 'eval', 'train_and_eval'], 'What to run.')
 flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-process).')
 flags.DEFINE_integer('num_processes', 1, 'Processes in a multi-process run.')
 flags.DEFINE_integer('process_id', 0, 'This process, 0..num_processes-1.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 
 def init_distributed():
@@ -47,9 +48,13 @@ def main(argv):
         import tensorflow  # noqa: F401  (its start-up lines; tf.data needs it anyway)
     from detr_jax import evaluate, train
     init_distributed()
-    if FLAGS.mode == 'eval':
-        evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+    if FLAGS.mode == 'eval':  # the run's stored config, and what the command line changes
+        overrides = config_flags.get_override_values(FLAGS['config']) if FLAGS.config else {}
+        evaluate.evaluate_checkpoint(FLAGS.workdir, FLAGS.config, overrides)
         return
+    if FLAGS.config is None:
+        raise app.UsageError('--config is required to train (--mode=eval can do without: it '
+                             'reads the config stored in --workdir)')
     config = FLAGS.config
     if FLAGS.mode == 'train':
         with config.unlocked():

@@ -29,8 +29,37 @@ from detr_jax.sharding import make_mesh, to_global
 from detr_jax.trainer import build_trainer
 
 
+# (key, test, what it must be): values no run can use
+_VALUE_CHECKS = (
+    ('optim.lr', lambda v: v > 0, 'positive'),
+    ('optim.lr_backbone', lambda v: v >= 0, '>= 0 (0 freezes the backbone)'),
+    ('optim.weight_decay', lambda v: v >= 0, '>= 0'),
+    ('optim.clip_norm', lambda v: v >= 0, '>= 0 (0: no clipping)'),
+    ('optim.lr_drop_factor', lambda v: v > 0, 'positive'),
+    ('optim.warmup_steps', lambda v: v >= 0, '>= 0'),
+    ('optim.grad_accum_steps', lambda v: v >= 1, '>= 1'),
+    ('data.batch_size', lambda v: v >= 1, '>= 1'),
+    ('data.eval_batch_size', lambda v: v >= 1, '>= 1'),
+    ('data.max_boxes', lambda v: v >= 1, '>= 1'),
+    ('train.log_every', lambda v: v >= 1, '>= 1'),
+    ('train.checkpoint_every', lambda v: v >= 1, '>= 1'),
+    ('train.keep_checkpoints', lambda v: v >= 1, '>= 1'),
+    ('train.ema_decay', lambda v: 0 <= v < 1, 'in [0, 1) (0: no EMA)'),
+    ('train.eval_every', lambda v: v >= -1, '>= -1 (-1: at the end, 0: never)'),
+)
+
+
 def validate_config(config):
-    """Cross-section checks that name the offending key."""
+    """Checks that name the offending key: values no run can use, and
+    sections that must agree."""
+    for key, ok, must in _VALUE_CHECKS:
+        section, name = key.split('.')
+        value = config[section][name]
+        if not ok(value):
+            raise ValueError(f'config.{key}={value!r} must be {must}')
+    if config.train.max_steps <= 0 and config.train.epochs <= 0:
+        raise ValueError(f'config.train.epochs={config.train.epochs} must be positive when '
+                         f'config.train.max_steps={config.train.max_steps} is not')
     d, m = config.data, config.model
     if d.max_boxes > m.num_queries:
         raise ValueError(f'config.data.max_boxes={d.max_boxes} exceeds config.model.num_queries='
@@ -192,7 +221,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     mesh = make_mesh()
     source = build_source(config.data, 'train')
     config = with_classes_of(config, source)
-    val_source = build_source(config.data, 'val') if config.train.eval_every != 0 else None
+    # the validation set in the training set's class indices (matched by category id)
+    val_source = (build_source(config.data, 'val', label_map=source.label_map)
+                  if config.train.eval_every != 0 else None)
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True)
     pipeline = InputPipeline(source, config.data, jax.process_index(), jax.process_count(),

@@ -232,3 +232,50 @@ def test_stage_widths():
     assert [o.shape[-1] for o in outs] == [16, 32, 48, 48]
     assert v['params']['layer4_0']['conv1']['conv']['kernel'].shape[-2:] == (48, 48)
     assert v['params']['conv1']['conv']['kernel'].shape[-1] == 16
+
+
+@pytest.mark.parametrize('norm', ['gn', 'bn', 'frozen_bn'])
+def test_outputs_on_real_pixels_do_not_depend_on_padding(norm):
+    """'gn' and 'bn' take their statistics over real pixels and zero padding,
+    so an image gives the same outputs in any shape bucket (training-mode
+    batch statistics too); the original's frozen BN does not (its affine
+    map turns padding into non-zero values the next convs see), and keeps
+    that behaviour."""
+    model = build_model(tiny_model_config(norm=norm, dropout=0.0))
+    rng = np.random.default_rng(0)
+    # 128 rows fill the first bucket exactly: pooling windows at its border
+    # then see padding in the second one only
+    image = rng.normal(size=(2, 128, 72, 3)).astype(np.float32)
+    outs, stats = [], []
+    for hw in ((128, 96), (192, 160)):
+        x = np.zeros((2,) + hw + (3,), np.float32)
+        x[:, :128, :72] = image
+        mask = np.zeros((2,) + hw, bool)
+        mask[:, :128, :72] = True
+        if not outs:
+            v = model.init(jax.random.PRNGKey(0), x, mask)
+        outs.append(model.apply(v, x, mask))
+        if norm == 'bn':
+            _, upd = model.apply(v, x, mask, train=True, mutable=['batch_stats'])
+            stats.append(upd['batch_stats'])
+    diff = max(float(np.abs(np.asarray(outs[0][k]) - np.asarray(outs[1][k])).max())
+               for k in ('pred_logits', 'pred_boxes'))
+    if norm == 'frozen_bn':
+        assert diff > 1e-4, diff
+        return
+    assert diff <= 1e-5, diff
+    for a, b in zip(jax.tree_util.tree_leaves(stats[:1]), jax.tree_util.tree_leaves(stats[1:])):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_masked_group_norm_equals_group_norm_without_padding():
+    """With every pixel real, the masked GroupNorm is Flax's GroupNorm (the
+    same parameters at the same paths)."""
+    import flax.linen as nn
+    from detr_jax.models.layers import make_norm
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 8, 6, 64)) * 3 + 1
+    ours = make_norm('gn', name='n')
+    v = ours.init(jax.random.PRNGKey(0), x)
+    ref = nn.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False)
+    np.testing.assert_allclose(ours.apply(v, x), ref.apply({'params': v['params']['gn']}, x),
+                               atol=1e-5)

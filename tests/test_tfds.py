@@ -119,7 +119,7 @@ def test_tfds_coco_labels_boxes_and_pixels(prepared):
     assert src.labels[a].tolist() == [18, 1]
     np.testing.assert_allclose(src.boxes[a], [[10, 8, 40, 28], [50, 30, 90, 60]], atol=1e-3)
     assert src.labels[b].tolist() == [1]  # the crowd object is not a target ...
-    gt = json.load(open(src.ann_file))
+    gt = json.load(open(src.ground_truth))
     crowd = [x for x in gt['annotations'] if x['iscrowd']]
     assert len(crowd) == 1 and crowd[0]['category_id'] == 3  # ... but is evaluated
     assert len(src.labels[c]) == 0  # an image without objects is kept
@@ -143,13 +143,13 @@ def test_tfds_coco_labels_boxes_and_pixels(prepared):
 def test_tfds_ground_truth_scores_ap_one(prepared):
     data_dir, cache = prepared
     src = load_tfds('coco/2017', 'val', data_dir, cache_dir=cache)
-    gt = json.load(open(src.ann_file))
+    gt = json.load(open(src.ground_truth))
     res = [{'image_id': a['image_id'], 'category_id': a['category_id'], 'bbox': a['bbox'],
             'score': 1.0} for a in gt['annotations']]
     ids = [im['id'] for im in gt['images']]
-    assert evaluate.coco_ap(src.ann_file, res, ids)['AP'] == pytest.approx(1.0, abs=1e-9)
+    assert evaluate.coco_ap(src.ground_truth, res, ids)['AP'] == pytest.approx(1.0, abs=1e-9)
     official = load_tfds('coco/2017', 'val', data_dir, cache_dir=cache, ann_file='official.json')
-    assert official.ann_file == 'official.json'  # evaluation against the official json
+    assert official.ground_truth == 'official.json'  # evaluation against the official json
 
 
 def test_tfds_panoptic_masks(prepared):

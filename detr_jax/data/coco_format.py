@@ -7,16 +7,20 @@ predictions are written back with the dataset's own ids. Crowd objects are
 dropped from training targets (they stay in the json for evaluation);
 images without objects are kept. A malformed annotation is an error naming
 the file and annotation id, or, with `on_bad_input='skip'`, dropped and
-counted in `Source.skipped`.
+counted in `Source.skipped`. Evaluating a model, the label map stored with
+its weights decides the class indices (`label_map=`), so a validation file
+that lists its categories differently still gets the right ids.
 """
 import collections
 import dataclasses
 import json
+import logging
 import math
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
+from PIL import Image
 
 
 class DataError(ValueError):
@@ -32,7 +36,9 @@ class Source:
     boxes: List[np.ndarray]          # per image [n, 4] xyxy pixels, float32
     labels: List[np.ndarray]         # per image [n] int32 class indices
     label_map: Dict[int, dict]       # class index -> {id, name, isthing}
-    ann_file: Optional[str] = None   # ground truth json for COCO evaluation
+    # what pycocotools evaluates against: the cleaned COCO json (a dict), or
+    # the path of one (TFDS's, or the official file given as data.val_ann)
+    ground_truth: Optional[Union[dict, str]] = None
     panoptic_pngs: Optional[List[str]] = None   # per image segment-id PNG
     segment_ids: Optional[List[np.ndarray]] = None  # per image [n], aligned with boxes
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
@@ -71,117 +77,263 @@ def _load_json(path):
 
 
 def _bbox_problem(bbox, w, h):
-    """'' if a COCO [x, y, w, h] box is usable for image w x h, else why."""
+    """(why, kind) if a COCO [x, y, w, h] box is not usable for image w x h,
+    else ('', '')."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        return f'bbox {bbox!r} is not [x, y, w, h]'
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox):
-        return f'bbox {bbox!r} has a non-finite value'
+        return f'bbox {bbox!r} is not [x, y, w, h]', 'bbox not [x, y, w, h]'
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in bbox):
+        return f'bbox {bbox!r} has a non-finite or non-numeric value', 'bbox not finite numbers'
     x, y, bw, bh = bbox
     if bw < 0 or bh < 0:
-        return f'bbox {bbox!r} has a negative size'
+        return f'bbox {bbox!r} has a negative size', 'bbox of negative size'
     if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
-        return f'bbox {bbox!r} lies outside the {w}x{h} image'
-    return ''
+        return f'bbox {bbox!r} lies outside the {w}x{h} image', 'bbox outside the image'
+    return '', ''
 
 
-def _index(data, ann_file, by_category_id=False):
-    if 'images' not in data or 'categories' not in data:
-        raise DataError(f'{ann_file}: a COCO json needs "images" and "categories"')
-    images, seen = [], set()
+def _is_size(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _header_size(path):
+    """(h, w) of an image file as displayed (EXIF orientation applied), from
+    its header: nothing is decoded."""
+    with Image.open(path) as im:
+        w, h = im.size
+        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+            w, h = h, w
+    return h, w
+
+
+class _Defects:
+    """A defect is a DataError naming the file and the image or annotation
+    ('error'), or dropped and counted by kind ('skip'); `notes` counts what
+    was filled in or changed the way COCO and the original do (reported,
+    never an error)."""
+
+    def __init__(self, ann_file, on_bad_input):
+        self.ann_file, self.skip = ann_file, on_bad_input == 'skip'
+        self.skipped, self.notes = collections.Counter(), collections.Counter()
+
+    def __call__(self, what, why, kind):
+        if not self.skip:
+            raise DataError(f'{self.ann_file}: {what}: {why}')
+        self.skipped[kind] += 1
+
+    def report(self):
+        if self.skipped:
+            logging.warning('%s: skipped (on_bad_input=skip): %s', self.ann_file,
+                            dict(self.skipped))
+        if self.notes:
+            logging.warning('%s: %s', self.ann_file,
+                            '; '.join(f'{what}: {n}' for what, n in self.notes.items()))
+
+
+def _images(data, image_dir, defect):
+    """The usable image entries (width and height read from the file's
+    header where the json has none) and the ids of the dropped ones."""
+    images, seen, dropped = [], set(), set()
     for im in data['images']:
+        if not isinstance(im, dict) or 'id' not in im or not isinstance(im.get('file_name'), str):
+            defect(f'image entry {str(im)[:80]}', 'needs "id" and "file_name"',
+                   'image without id or file_name')
+            continue
+        what = f'image id {im["id"]} ({im["file_name"]})'
         if im['id'] in seen:
-            raise DataError(f'{ann_file}: duplicate image id {im["id"]}')
+            defect(what, 'duplicate image id', 'duplicate image id')
+            continue
         seen.add(im['id'])
+        im = dict(im)
+        if not (_is_size(im.get('height')) and _is_size(im.get('width'))):
+            try:
+                im['height'], im['width'] = _header_size(os.path.join(image_dir, im['file_name']))
+            except (OSError, ValueError, SyntaxError) as e:
+                defect(what, f'no width/height in the json and the file cannot tell: {e}',
+                       'image size unknown')
+                dropped.add(im['id'])
+                continue
+            defect.notes['images without width/height (read from their files)'] += 1
         images.append(im)
-    cats = sorted(data['categories'], key=lambda c: c['id'])
-    if by_category_id and cats and (not all(isinstance(c['id'], int) for c in cats)
-                                    or cats[0]['id'] < 0):
-        raise DataError(f'{ann_file}: class_index=category_id needs non-negative integer '
-                        'category ids')
+    return images, dropped
+
+
+def _categories(data, ann_file, by_category_id, label_map):
+    """(label_map, category id -> class index). With a `label_map` (the
+    model's: evaluation), the file's categories are matched to it by id."""
+    cats = data['categories']
+    if not isinstance(cats, list) or not all(
+            isinstance(c, dict) and isinstance(c.get('id'), int)
+            and not isinstance(c.get('id'), bool) for c in cats):
+        raise DataError(f'{ann_file}: "categories" must be a list of objects with an integer "id"')
+    ids = [c['id'] for c in cats]
+    if len(set(ids)) != len(ids):
+        raise DataError(f'{ann_file}: duplicate category ids in "categories"')
+    if label_map is not None:
+        label_map = {int(k): v for k, v in label_map.items()}
+        return label_map, {v['id']: k for k, v in label_map.items()}
+    cats = sorted(cats, key=lambda c: c['id'])
+    if by_category_id and cats and cats[0]['id'] < 0:
+        raise DataError(f'{ann_file}: class_index=category_id needs non-negative category ids')
     label_map = {int(c['id']) if by_category_id else i:
                  {'id': int(c['id']), 'name': c.get('name', str(c['id'])),
                   'isthing': bool(c.get('isthing', 1))} for i, c in enumerate(cats)}
-    return images, label_map
+    return label_map, {v['id']: k for k, v in label_map.items()}
 
 
-def load_instances(ann_file, image_dir, on_bad_input='error', name=None, by_category_id=False):
-    """A COCO instances json + image folder -> Source. Class indices are
-    contiguous in id order, or with `by_category_id` the category ids
-    themselves (the original's layout for COCO: 91 classes)."""
+def _area(ann, h, w):
+    """COCO's `area`: the object's mask area, or its box's without a mask."""
+    seg = ann.get('segmentation')
+    if seg:
+        try:
+            from pycocotools import mask as mask_utils
+            compressed = isinstance(seg, dict) and isinstance(seg.get('counts'), (str, bytes))
+            rles = seg if compressed else mask_utils.frPyObjects(seg, h, w)
+            rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
+            return float(mask_utils.area(rle))
+        except (TypeError, ValueError, KeyError, IndexError):
+            pass  # an unusable mask: the box's area
+    return float(ann['bbox'][2] * ann['bbox'][3])
+
+
+def load_instances(ann_file, image_dir, on_bad_input='error', name=None, by_category_id=False,
+                   label_map=None):
+    """A COCO instances json + image folder -> Source.
+
+    Class indices are contiguous in id order, or with `by_category_id` the
+    category ids themselves (the original's layout for COCO: 91 classes), or
+    with `label_map` (class index -> {id, ...}: the model's, when evaluating
+    it) that map's indices, the file's categories matched to it by id (an
+    object of a category the model does not know is a defect; categories
+    only listed do not matter).
+
+    Everything pycocotools would check at evaluation is checked here, for
+    every split: a defect names the file and the image or annotation, or is
+    dropped and counted (`on_bad_input='skip'`, `Source.skipped`).
+    `Source.ground_truth` is the cleaned json evaluation uses: dropped
+    entries left out, a missing `area` filled from the mask or box and a
+    missing `iscrowd` with 0, as COCO defines them (logged once). Training
+    targets are the boxes clipped to the image, degenerate ones dropped, as
+    the original's ConvertCocoPolysToMask does (counted and logged).
+    """
     data = _load_json(ann_file)
-    images, label_map = _index(data, ann_file, by_category_id)
-    cat_to_idx = {v['id']: k for k, v in label_map.items()}
-    by_image = collections.defaultdict(list)
-    skipped = collections.Counter()
+    if not isinstance(data, dict) or 'images' not in data or 'categories' not in data:
+        raise DataError(f'{ann_file}: a COCO json needs "images" and "categories"')
+    anns = data.get('annotations', [])
+    if not isinstance(data['images'], list) or not isinstance(anns, list):
+        raise DataError(f'{ann_file}: "images" and "annotations" must be lists')
+    defect = _Defects(ann_file, on_bad_input)
+    images, dropped_images = _images(data, image_dir, defect)
+    label_map, cat_to_idx = _categories(data, ann_file, by_category_id, label_map)
+    file_cats = {c['id']: c for c in data['categories']}
     sizes = {im['id']: (im['height'], im['width']) for im in images}
-    seen_ann = set()
-
-    def bad(ann, why):
-        if on_bad_input == 'skip':
-            skipped[why.split(' ')[0] if why.startswith('bbox') else why] += 1
-            return
-        raise DataError(f'{ann_file}: annotation id {ann.get("id")} (image {ann.get("image_id")}): {why}')
-
-    for ann in data.get('annotations', []):
-        if ann.get('id') in seen_ann:
-            bad(ann, f'duplicate annotation id {ann.get("id")}')
+    by_image, gt_anns, seen_ann = collections.defaultdict(list), [], set()
+    for ann in anns:
+        if not isinstance(ann, dict):
+            defect(f'annotation {str(ann)[:80]}', 'is not an object', 'annotation not an object')
             continue
-        seen_ann.add(ann.get('id'))
+        what = f'annotation id {ann.get("id")} (image {ann.get("image_id")})'
+        if not isinstance(ann.get('id'), int) or isinstance(ann.get('id'), bool):
+            defect(what, 'needs an integer "id"', 'annotation without id')
+            continue
+        if ann['id'] in seen_ann:
+            defect(what, f'duplicate annotation id {ann["id"]}', 'duplicate annotation id')
+            continue
+        seen_ann.add(ann['id'])
+        if ann.get('image_id') in dropped_images:
+            defect.skipped['annotations of skipped images'] += 1
+            continue
         if ann.get('image_id') not in sizes:
-            bad(ann, 'refers to an unknown image id')
+            defect(what, 'refers to an unknown image id', 'unknown image id')
             continue
-        if ann.get('category_id') not in cat_to_idx:
-            bad(ann, f'unknown category id {ann.get("category_id")}')
+        cid = ann.get('category_id')
+        if cid not in file_cats:
+            defect(what, f'unknown category id {cid}', 'unknown category id')
+            continue
+        if cid not in cat_to_idx:
+            defect(what, f'category id {cid} ({file_cats[cid].get("name", "")!r}) is not one of '
+                   "the model's classes", 'category unknown to the model')
             continue
         h, w = sizes[ann['image_id']]
-        why = _bbox_problem(ann.get('bbox'), w, h)
+        why, kind = _bbox_problem(ann.get('bbox'), w, h)
         if why:
-            bad(ann, why)
+            defect(what, why, kind)
             continue
-        if ann.get('iscrowd', 0):
-            continue  # kept in the json for evaluation, not a training target
-        by_image[ann['image_id']].append(ann)
+        crowd = ann.get('iscrowd', 0)
+        if crowd not in (0, 1):  # True and False are 1 and 0
+            defect(what, f'iscrowd {crowd!r} is not 0 or 1', 'iscrowd not 0 or 1')
+            continue
+        area = ann.get('area')
+        if area is not None and not (isinstance(area, (int, float)) and math.isfinite(area)
+                                     and area >= 0):
+            defect(what, f'area {area!r} is not a non-negative number', 'area not a number >= 0')
+            continue
+        clean = dict(ann)
+        if 'iscrowd' not in ann:
+            clean['iscrowd'] = 0
+            defect.notes['annotations without iscrowd (0, as COCO defines it)'] += 1
+        if area is None:
+            clean['area'] = _area(ann, h, w)
+            defect.notes['annotations without area (from the mask or box, as COCO defines it)'] += 1
+        gt_anns.append(clean)
+        if not crowd:  # crowd: evaluated, never a target
+            by_image[ann['image_id']].append(ann)
     paths, ids, hw, boxes, labels = [], [], [], [], []
     for im in images:
-        anns = by_image.get(im['id'], [])
-        b = np.array([a['bbox'] for a in anns], np.float32).reshape(-1, 4)
-        b[:, 2:] += b[:, :2]
+        objs = by_image.get(im['id'], [])
+        raw = np.array([a['bbox'] for a in objs], np.float32).reshape(-1, 4)
+        raw[:, 2:] += raw[:, :2]
+        b = raw.copy()
         b[:, 0::2] = b[:, 0::2].clip(0, im['width'])
         b[:, 1::2] = b[:, 1::2].clip(0, im['height'])
         keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        if (keep & (b != raw).any(1)).any():
+            defect.notes['training boxes clipped to their image'] += int(
+                (keep & (b != raw).any(1)).sum())
+        if (~keep).any():
+            defect.notes['zero-size training boxes dropped (still evaluated)'] += int(
+                (~keep).sum())
         paths.append(os.path.join(image_dir, im['file_name']))
         ids.append(im['id'])
         hw.append((im['height'], im['width']))
         boxes.append(b[keep])
-        labels.append(np.array([cat_to_idx[a['category_id']] for a in anns], np.int32)[keep])
+        labels.append(np.array([cat_to_idx[a['category_id']] for a in objs], np.int32)[keep])
+    defect.report()
+    ground_truth = {'images': images, 'annotations': gt_anns, 'categories': data['categories']}
     return Source(name or os.path.basename(ann_file), paths, np.array(ids, np.int64),
                   np.array(hw, np.int32).reshape(-1, 2), boxes, labels, label_map,
-                  ann_file=ann_file, skipped=skipped)
+                  ground_truth=ground_truth, skipped=defect.skipped)
 
 
 def load_panoptic(ann_file, image_dir, png_dir, on_bad_input='error', name=None,
-                  by_category_id=False):
+                  by_category_id=False, label_map=None):
     """A COCO panoptic json + images + segment PNGs -> Source with masks.
 
     Things and stuff both become targets (the original's panoptic
-    training); crowd segments are dropped from targets.
+    training); crowd segments are dropped from targets. Class indices and
+    defects as `load_instances` (a segment's `bbox` and `category_id` are
+    checked; image sizes missing from the json are read from the files).
     """
     data = _load_json(ann_file)
-    images, label_map = _index(data, ann_file, by_category_id)
-    cat_to_idx = {v['id']: k for k, v in label_map.items()}
-    anns = {a['image_id']: a for a in data.get('annotations', [])}
-    skipped = collections.Counter()
+    if not isinstance(data, dict) or 'images' not in data or 'categories' not in data:
+        raise DataError(f'{ann_file}: a COCO json needs "images" and "categories"')
+    defect = _Defects(ann_file, on_bad_input)
+    images, _ = _images(data, image_dir, defect)
+    label_map, cat_to_idx = _categories(data, ann_file, by_category_id, label_map)
+    anns = {a.get('image_id'): a for a in data.get('annotations', []) if isinstance(a, dict)}
     out = dict(paths=[], ids=[], hw=[], boxes=[], labels=[], pngs=[], segs=[])
     for im in images:
         a = anns.get(im['id'], {'segments_info': [], 'file_name': None})
         b, lab, sid = [], [], []
-        for s in a['segments_info']:
+        for s in a.get('segments_info', []):
+            what = f'segment {s.get("id")} (image {im["id"]})'
             if s.get('category_id') not in cat_to_idx:
-                if on_bad_input == 'skip':
-                    skipped['unknown category id'] += 1
-                    continue
-                raise DataError(f'{ann_file}: segment {s.get("id")} (image {im["id"]}): '
-                                f'unknown category id {s.get("category_id")}')
+                defect(what, f'unknown category id {s.get("category_id")}', 'unknown category id')
+                continue
+            why, kind = _bbox_problem(s.get('bbox'), im['width'], im['height'])
+            if why:
+                defect(what, why, kind)
+                continue
             if s.get('iscrowd', 0):
                 continue
             x, y, w, h = s['bbox']
@@ -193,9 +345,10 @@ def load_panoptic(ann_file, image_dir, png_dir, on_bad_input='error', name=None,
         out['hw'].append((im['height'], im['width']))
         out['boxes'].append(np.array(b, np.float32).reshape(-1, 4))
         out['labels'].append(np.array(lab, np.int32))
-        out['pngs'].append(os.path.join(png_dir, a['file_name']) if a['file_name'] else None)
+        out['pngs'].append(os.path.join(png_dir, a['file_name']) if a.get('file_name') else None)
         out['segs'].append(np.array(sid, np.int64))
+    defect.report()
     return Source(name or os.path.basename(ann_file), out['paths'], np.array(out['ids'], np.int64),
                   np.array(out['hw'], np.int32).reshape(-1, 2), out['boxes'], out['labels'],
                   label_map, panoptic_pngs=out['pngs'], segment_ids=out['segs'],
-                  skipped=skipped)
+                  skipped=defect.skipped)

@@ -13,8 +13,10 @@ def synthetic_root(cfg):
     return os.path.join(base, key)
 
 
-def build_source(cfg, split):
-    """split: 'train' or 'val'."""
+def build_source(cfg, split, label_map=None):
+    """split: 'train' or 'val'. `label_map` (class index -> {id, name,
+    isthing}): the model's, whose class indices the source must use (its
+    categories matched by id); None: the data's own."""
     on_bad = cfg.on_bad_input
     if cfg.dataset == 'synthetic':
         n = cfg.num_train if split == 'train' else cfg.num_val
@@ -25,8 +27,9 @@ def build_source(cfg, split):
                                      f'synthetic {split}: {i}/{n} images written to {root}'))
         if cfg.panoptic:
             return load_panoptic(p['panoptic_json'], p['images'], p['panoptic_png'], on_bad,
-                                 name=f'synthetic-{split}')
-        return load_instances(p['instances'], p['images'], on_bad, name=f'synthetic-{split}')
+                                 name=f'synthetic-{split}', label_map=label_map)
+        return load_instances(p['instances'], p['images'], on_bad, name=f'synthetic-{split}',
+                              label_map=label_map)
     if cfg.dataset == 'coco_folder':
         ann, images = (cfg.train_ann, cfg.train_images) if split == 'train' else (cfg.val_ann, cfg.val_images)
         if not ann or not images:
@@ -35,15 +38,23 @@ def build_source(cfg, split):
         by_id = cfg.class_index == 'category_id'
         if cfg.panoptic:
             png = cfg.train_panoptic_png if split == 'train' else cfg.val_panoptic_png
-            return load_panoptic(ann, images, png, on_bad, by_category_id=by_id)
-        return load_instances(ann, images, on_bad, by_category_id=by_id)
+            return load_panoptic(ann, images, png, on_bad, by_category_id=by_id,
+                                 label_map=label_map)
+        return load_instances(ann, images, on_bad, by_category_id=by_id, label_map=label_map)
     if cfg.dataset == 'tfds':
         from detr_jax.data.tfds_source import load_tfds
         if cfg.panoptic != ('panoptic' in cfg.tfds_name):
             raise DataError(f'config.data.tfds_name={cfg.tfds_name!r} does not match '
                             f'config.data.panoptic={cfg.panoptic}')
         cache = os.path.join(cfg.cache_dir, 'tfds_index') if cfg.cache_dir else ''
-        return load_tfds(cfg.tfds_name, split, cfg.tfds_data_dir, on_bad, cache_dir=cache,
-                         ann_file=cfg.val_ann if split != 'train' else '')
+        src = load_tfds(cfg.tfds_name, split, cfg.tfds_data_dir, on_bad, cache_dir=cache,
+                        ann_file=cfg.val_ann if split != 'train' else '')
+        if label_map is not None:  # TFDS's classes are fixed: the model must know them
+            ours = {int(k): v['id'] for k, v in label_map.items()}
+            missing = sorted(i for i, v in src.label_map.items() if ours.get(i) != v['id'])
+            if missing:
+                raise DataError(f'{src.name}: the model\'s label map has no class index = '
+                                f'category id for COCO categories {missing[:10]}')
+        return src
     raise DataError(f"config.data.dataset={cfg.dataset!r}: must be 'synthetic', 'coco_folder' "
                     "or 'tfds'")

@@ -161,7 +161,7 @@ def build_index(reader, on_bad_input='error', progress_every=5000):
     ds = reader.open()
     key = _objects_key(reader.name)
     ids_table = category_ids(reader.builder, reader.name)
-    skipped = collections.Counter()
+    skipped, notes = collections.Counter(), collections.Counter()
     out = {k: [] for k in ('index', 'image_id', 'hw', 'boxes', 'labels', 'segs', 'gt')}
     seen = set()
 
@@ -197,6 +197,8 @@ def build_index(reader, on_bad_input='error', progress_every=5000):
             if why:
                 bad(i, image_id, f'object {k} ({box.tolist()}, label {int(label)}): {why}', why)
                 continue
+            if (np.clip(box, 0, 1) != box).any():
+                notes['boxes clipped to their image'] += 1
             ymin, xmin, ymax, xmax = np.clip(box, 0, 1)
             xyxy = [xmin * w, ymin * h, xmax * w, ymax * h]
             cat = int(ids_table[int(label)])
@@ -204,8 +206,11 @@ def build_index(reader, on_bad_input='error', progress_every=5000):
             area = float(objs['area'][k]) if 'area' in objs else (xyxy[2] - xyxy[0]) * (xyxy[3] - xyxy[1])
             gt.append({'category_id': cat, 'iscrowd': int(crowd), 'area': area,
                        'bbox': [xyxy[0], xyxy[1], xyxy[2] - xyxy[0], xyxy[3] - xyxy[1]]})
-            if crowd or xyxy[2] <= xyxy[0] or xyxy[3] <= xyxy[1]:
-                continue  # crowd: evaluation only; empty boxes: no target
+            if crowd:
+                continue  # evaluation only
+            if xyxy[2] <= xyxy[0] or xyxy[3] <= xyxy[1]:
+                notes['zero-size training boxes dropped (still evaluated)'] += 1
+                continue
             boxes.append(xyxy)
             labels.append(cat)
             segs.append(int(objs['id'][k]))
@@ -218,6 +223,8 @@ def build_index(reader, on_bad_input='error', progress_every=5000):
         out['gt'].append(gt)
     if skipped:
         logging.warning('%s %s: skipped %s', reader.name, reader.split, dict(skipped))
+    if notes:
+        logging.warning('%s %s: %s', reader.name, reader.split, dict(notes))
     return out, skipped
 
 
@@ -273,7 +280,7 @@ def load_tfds(name, split, data_dir='', on_bad_input='error', cache_dir='', ann_
                  [reader.describe(i) for i in index['index']],
                  np.array(index['image_id'], np.int64),
                  np.array(index['hw'], np.int32).reshape(-1, 2),
-                 index['boxes'], index['labels'], label_map, ann_file=ann_file,
+                 index['boxes'], index['labels'], label_map, ground_truth=ann_file,
                  skipped=skipped, reader=reader,
                  reader_index=np.array(index['index'], np.int64))
     if reader.panoptic:

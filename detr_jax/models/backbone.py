@@ -8,7 +8,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from detr_jax.models.layers import TorchConv, make_norm, max_pool
+from detr_jax.models.layers import TorchConv, make_norm, max_pool, zero_padding
 
 # name -> (block, blocks per stage, base width or the 4 stages' widths)
 RESNETS = {
@@ -60,26 +60,27 @@ class _Block(nn.Module):
     downsample: bool = False
 
     @nn.compact
-    def __call__(self, x, train=False):
+    def __call__(self, x, train=False, pixel_mask=None):
         conv = lambda f, k, s=1, p=0, d=1, name=None: TorchConv(  # noqa: E731
             f, k, stride=s, padding=p, dilation=d, use_bias=False,
             kernel_init=_kaiming_fan_out(), dtype=self.dtype, name=name)
-        norm = lambda name: make_norm(self.norm, self.dtype, name)  # noqa: E731
+        def norm(name, y):
+            return make_norm(self.norm, self.dtype, name)(y, train, pixel_mask)
         d = self.dilation
         if self.bottleneck:
-            out = nn.relu(norm('bn1')(conv(self.planes, 1, name='conv1')(x), train))
+            out = nn.relu(norm('bn1', conv(self.planes, 1, name='conv1')(x)))
             out = conv(self.planes, 3, self.stride, d, d, name='conv2')(out)
-            out = nn.relu(norm('bn2')(out, train))
-            out = norm('bn3')(conv(self.planes * 4, 1, name='conv3')(out), train)
+            out = nn.relu(norm('bn2', out))
+            out = norm('bn3', conv(self.planes * 4, 1, name='conv3')(out))
             out_ch = self.planes * 4
         else:
             out = conv(self.planes, 3, self.stride, d, d, name='conv1')(x)
-            out = nn.relu(norm('bn1')(out, train))
-            out = norm('bn2')(conv(self.planes, 3, 1, d, d, name='conv2')(out), train)
+            out = nn.relu(norm('bn1', out))
+            out = norm('bn2', conv(self.planes, 3, 1, d, d, name='conv2')(out))
             out_ch = self.planes
         if self.downsample:
             x = conv(out_ch, 1, self.stride, name='downsample_0')(x)
-            x = norm('downsample_1')(x, train)
+            x = norm('downsample_1', x)
         return nn.relu(out + x)
 
 
@@ -106,7 +107,9 @@ class ResNet(nn.Module):
     dtype: object
 
     @nn.compact
-    def __call__(self, x, train=False):
+    def __call__(self, x, train=False, pixel_mask=None):
+        """`pixel_mask` [B, H, W] (True on real pixels) is for the 'bn' and
+        'gn' norms, whose statistics leave padding out (`make_norm`)."""
         frozen = 0  # how many leading stages are frozen
         while frozen < len(STAGES) and STAGES[frozen] not in self.train_stages:
             frozen += 1
@@ -116,8 +119,10 @@ class ResNet(nn.Module):
         x = TorchConv(widths[0], 7, stride=2, padding=3, use_bias=False,
                       kernel_init=_kaiming_fan_out(), dtype=self.dtype,
                       name='conv1')(x)
-        x = nn.relu(make_norm(self.norm, self.dtype, 'bn1')(x, train))
+        x = nn.relu(make_norm(self.norm, self.dtype, 'bn1')(x, train, pixel_mask))
         x = max_pool(x, 3, 2, 1)
+        if self.norm != 'frozen_bn':  # windows at the border reach real pixels: re-zero padding
+            x = zero_padding(x, pixel_mask)
         if frozen >= 1:
             x = jax.lax.stop_gradient(x)
         in_ch, cur_dilation, outs = widths[0], 1, []
@@ -135,7 +140,7 @@ class ResNet(nn.Module):
                     dilation=prev_dilation if b == 0 else cur_dilation,
                     downsample=b == 0 and (stride != 1 or in_ch != planes * expansion),
                     norm=self.norm, dtype=self.dtype,
-                    name=f'layer{s + 1}_{b}')(x, train)
+                    name=f'layer{s + 1}_{b}')(x, train, pixel_mask)
                 in_ch = planes * expansion
             if frozen >= s + 2:
                 x = jax.lax.stop_gradient(x)

@@ -93,7 +93,7 @@ class DETR(nn.Module):
     def encode_with_reference(self, images, pixel_mask, train=False):
         """`encode`'s values and the conditional decoder's reference points
         [B, Q, 2] (None for DETR's decoder)."""
-        feats = self.body(images.astype(self.dtype), train)
+        feats = self.body(images.astype(self.dtype), train, pixel_mask)
         src = feats[-1]
         b, h, w, _ = src.shape
         mask = feature_mask(pixel_mask, (h, w))

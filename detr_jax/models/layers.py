@@ -80,8 +80,8 @@ class FrozenBatchNorm(nn.Module):
     dtype: object = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train=False):
-        del train
+    def __call__(self, x, train=False, pixel_mask=None):
+        del train, pixel_mask  # a per-pixel affine map: the original's numerics
         c = x.shape[-1]
         ones = lambda: jnp.ones((c,), jnp.float32)  # noqa: E731
         zeros = lambda: jnp.zeros((c,), jnp.float32)  # noqa: E731
@@ -95,39 +95,108 @@ class FrozenBatchNorm(nn.Module):
 
 
 def make_norm(kind, dtype=jnp.float32, name=None, zero_init=False):
-    """The backbone's normalization: 'frozen_bn', 'bn' (trainable) or 'gn'."""
+    """The backbone's normalization: 'frozen_bn' (the original's), 'bn'
+    (trainable) or 'gn'. Called as `norm(x, train, pixel_mask)`.
+
+    'bn' and 'gn' compute their statistics over real pixels only and zero
+    their outputs on padding (`pixel_mask` [B, H, W] at the input image's
+    size, True on real pixels; None: every pixel is real), so outputs on
+    real pixels do not depend on how much padding a shape bucket adds.
+    'frozen_bn' is a per-pixel affine map, exactly the original's (which
+    does not zero padding either)."""
     scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
     if kind == 'frozen_bn':
         return FrozenBatchNorm(dtype=dtype, name=name)
     if kind == 'bn':
-        return _TrainableBN(dtype=dtype, name=name, scale_init=scale_init)
+        return _MaskedBatchNorm(dtype=dtype, name=name, scale_init=scale_init)
     if kind == 'gn':
-        return _GroupNorm(dtype=dtype, name=name, scale_init=scale_init)
+        return _MaskedGroupNorm(dtype=dtype, name=name, scale_init=scale_init)
     raise ValueError(f"model.norm must be 'frozen_bn', 'bn' or 'gn', got {kind!r}")
 
 
-class _TrainableBN(nn.Module):
+def _real_pixels(x, pixel_mask):
+    """float32 [B, h, w, 1]: 1 on the real pixels of feature map `x` (the
+    image mask brought to its size with the legacy nearest rule)."""
+    if pixel_mask is None:
+        return jnp.ones(x.shape[:3] + (1,), jnp.float32)
+    return nearest_resize(pixel_mask, x.shape[1:3]).astype(jnp.float32)[..., None]
+
+
+def zero_padding(x, pixel_mask):
+    """`x` [B, h, w, C] with its padded positions zeroed (see `_real_pixels`)."""
+    return (x * _real_pixels(x, pixel_mask)).astype(x.dtype)
+
+
+class _MaskedBatchNorm(nn.Module):
+    """BatchNorm (momentum 0.9, eps 1e-5) whose batch statistics count real
+    pixels only; running `mean`/`var` and the affine `scale`/`bias` under
+    `bn` (the variable paths of Flax's BatchNorm named 'bn')."""
     dtype: object = jnp.float32
     scale_init: object = nn.initializers.ones
 
     @nn.compact
-    def __call__(self, x, train=False):
-        return nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5,
-            scale_init=self.scale_init, dtype=self.dtype, name='bn')(x)
+    def __call__(self, x, train=False, pixel_mask=None):
+        m = _real_pixels(x, pixel_mask)
+        y = _MaskedBatchNormCore(self.scale_init, name='bn')(x.astype(jnp.float32), m, train)
+        return (y * m).astype(self.dtype)
 
 
-class _GroupNorm(nn.Module):
+class _MaskedBatchNormCore(nn.Module):
+    scale_init: object
+    momentum: float = 0.9
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, m, train):
+        c = x.shape[-1]
+        scale = self.param('scale', self.scale_init, (c,), jnp.float32)
+        bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+        if train:
+            n = jnp.maximum(m.sum(), 1.0)
+            mean = (x * m).sum((0, 1, 2)) / n
+            var = (((x - mean) * m) ** 2).sum((0, 1, 2)) / n
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+
+
+class _MaskedGroupNorm(nn.Module):
+    """GroupNorm (gcd(32, C) groups, eps 1e-5) whose statistics count real
+    pixels only; the affine `scale`/`bias` under `gn` (the parameter paths
+    of Flax's GroupNorm named 'gn')."""
     dtype: object = jnp.float32
     scale_init: object = nn.initializers.ones
 
     @nn.compact
-    def __call__(self, x, train=False):
+    def __call__(self, x, train=False, pixel_mask=None):
         del train
-        groups = int(np.gcd(32, x.shape[-1]))
-        return nn.GroupNorm(
-            num_groups=groups, epsilon=1e-5, use_fast_variance=False,
-            scale_init=self.scale_init, dtype=self.dtype, name='gn')(x)
+        m = _real_pixels(x, pixel_mask)
+        y = _MaskedGroupNormCore(self.scale_init, name='gn')(x.astype(jnp.float32), m)
+        return (y * m).astype(self.dtype)
+
+
+class _MaskedGroupNormCore(nn.Module):
+    scale_init: object
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, m):
+        b, h, w, c = x.shape
+        g = int(np.gcd(32, c))
+        scale = self.param('scale', self.scale_init, (c,), jnp.float32)
+        bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+        xg = x.reshape(b, h, w, g, c // g)
+        mg = m[..., None]  # [B, h, w, 1, 1]
+        n = jnp.maximum(mg.sum((1, 2, 4), keepdims=True) * (c // g), 1.0)
+        mean = (xg * mg).sum((1, 2, 4), keepdims=True) / n
+        var = (((xg - mean) * mg) ** 2).sum((1, 2, 4), keepdims=True) / n
+        y = ((xg - mean) * jax.lax.rsqrt(var + self.eps)).reshape(b, h, w, c)
+        return y * scale + bias
 
 
 def legacy_nearest_indices(in_size, out_size):
