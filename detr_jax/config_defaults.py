@@ -1,12 +1,16 @@
-"""The full default config; every file in configs/ starts from `base_config()`.
+"""The full default config (every file in configs/ starts from
+`base_config()`) and the checks a config must pass.
 
 Sub-dicts mirror constructor arguments: `model` -> `build_model`,
 `matcher` and `loss` -> `set_criterion`, `data` -> the input pipeline,
 `optim` -> the optimizer, `train` -> the loop.
 """
+import logging
+
+import jax
 import ml_collections
 
-from detr_jax.models import default_model_config
+from detr_jax.models import default_model_config, validate_image_size
 
 
 def base_config():
@@ -74,3 +78,77 @@ def base_config():
     ))
     c.seed = 0
     return c
+
+
+# (key, test, what it must be): values no run can use
+_VALUE_CHECKS = (
+    ('optim.lr', lambda v: v > 0, 'positive'),
+    ('optim.lr_backbone', lambda v: v >= 0, '>= 0 (0 freezes the backbone)'),
+    ('optim.weight_decay', lambda v: v >= 0, '>= 0'),
+    ('optim.clip_norm', lambda v: v >= 0, '>= 0 (0: no clipping)'),
+    ('optim.lr_drop_factor', lambda v: v > 0, 'positive'),
+    ('optim.warmup_steps', lambda v: v >= 0, '>= 0'),
+    ('optim.grad_accum_steps', lambda v: v >= 1, '>= 1'),
+    ('data.batch_size', lambda v: v >= 1, '>= 1'),
+    ('data.eval_batch_size', lambda v: v >= 1, '>= 1'),
+    ('data.max_boxes', lambda v: v >= 1, '>= 1'),
+    ('train.log_every', lambda v: v >= 1, '>= 1'),
+    ('train.checkpoint_every', lambda v: v >= 1, '>= 1'),
+    ('train.keep_checkpoints', lambda v: v >= 1, '>= 1'),
+    ('train.ema_decay', lambda v: 0 <= v < 1, 'in [0, 1) (0: no EMA)'),
+    ('train.eval_every', lambda v: v >= -1, '>= -1 (-1: at the end, 0: never)'),
+)
+
+
+def validate_config(config):
+    """Checks that name the offending key: values no run can use, and
+    sections that must agree."""
+    for key, ok, must in _VALUE_CHECKS:
+        section, name = key.split('.')
+        value = config[section][name]
+        if not ok(value):
+            raise ValueError(f'config.{key}={value!r} must be {must}')
+    if config.train.max_steps <= 0 and config.train.epochs <= 0:
+        raise ValueError(f'config.train.epochs={config.train.epochs} must be positive when '
+                         f'config.train.max_steps={config.train.max_steps} is not')
+    d, m = config.data, config.model
+    if d.max_boxes > m.num_queries:
+        raise ValueError(f'config.data.max_boxes={d.max_boxes} exceeds config.model.num_queries='
+                         f'{m.num_queries}: every target needs its own query')
+    for name in ('buckets', 'eval_buckets'):
+        for hw in d[name]:
+            validate_image_size(m, *hw, where=f'config.data.{name} entry')
+    n = jax.device_count()
+    for name in ('batch_size', 'eval_batch_size'):
+        if d[name] % n:
+            raise ValueError(f'config.data.{name}={d[name]} must be divisible by the {n} devices')
+    if config.matcher.solver not in ('scipy', 'optax'):
+        raise ValueError(f"config.matcher.solver={config.matcher.solver!r}: 'scipy' or 'optax'")
+    if d.on_bad_input not in ('error', 'skip'):
+        raise ValueError(f"config.data.on_bad_input={d.on_bad_input!r}: 'error' or 'skip'")
+
+
+def with_classes_of(config, source):
+    """`config` with `model.num_classes` from the training data when it is
+    None (the fine-tune config), else checked against the data: contiguous
+    class indices need exactly one output per category, category-id indices
+    (`data.class_index='category_id'`) one more than the largest id."""
+    need = source.num_classes
+    given = config.model.num_classes
+    if given is None:
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.model.num_classes = need
+        logging.info('config.model.num_classes=%d, from the %s categories of %s', need,
+                     len(source.label_map), source.name)
+        return config
+    # TFDS labels are COCO category ids whatever data.class_index says
+    contiguous = config.data.class_index == 'contiguous' and config.data.dataset != 'tfds'
+    if given < need or (contiguous and given != need):
+        raise ValueError(
+            f'config.model.num_classes={given} does not fit {source.name}: its '
+            f'{len(source.label_map)} categories need num_classes={need} '
+            + ('(one class index per category, in id order)' if contiguous else
+               '(class index = category id, data.class_index=category_id)')
+            + '; set it to that or leave it unset (None) to take it from the data')
+    return config

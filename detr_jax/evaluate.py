@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from detr_jax import checkpoints, console
+from detr_jax.config_defaults import validate_config
 from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import EVAL_STEP_KEYS, eval_batches, split_batch
 from detr_jax.sharding import make_mesh, to_global, to_host
@@ -145,7 +146,6 @@ def evaluate_checkpoint(workdir, config=None, overrides=None):
     import ml_collections
     from clu import metric_writers
     from detr_jax.convert import load_checkpoint
-    from detr_jax.train import validate_config
     from detr_jax.trainer import TrainState, build_trainer
     if checkpoints.is_workdir(workdir):
         stored, variables, step = checkpoints.load_workdir(workdir)

@@ -17,7 +17,8 @@ import tiny_config
 from detr_jax import evaluate
 from detr_jax.data.coco_format import DataError
 from detr_jax.data.datasets import build_source
-from detr_jax.data.pipeline import TRAIN_STEP_KEYS, InputPipeline, eval_batches, split_batch
+from detr_jax.data.pipeline import (EVAL_STEP_KEYS, TRAIN_STEP_KEYS, InputPipeline,
+                                    eval_batches, split_batch)
 from detr_jax.sharding import make_mesh, to_global
 from detr_jax.trainer import build_trainer
 
@@ -247,11 +248,20 @@ def _run(trainer, ann, images, mode):
     it.close()
     val = build_source(cfg, 'val', label_map=source.label_map)
     assert val.skipped == source.skipped
+    # what pycocotools gets is the cleaned ground truth: every annotation
+    # usable, with the fields it reads, of a kept image, ids unique
+    gt = val.ground_truth
+    image_ids = {im['id'] for im in gt['images']}
+    assert len(image_ids) == len(gt['images'])
+    assert len({a['id'] for a in gt['annotations']}) == len(gt['annotations'])
+    for a in gt['annotations']:
+        assert a['image_id'] in image_ids and a['iscrowd'] in (0, 1) and a['area'] >= 0
+        assert len(a['bbox']) == 4 and all(np.isfinite(v) for v in a['bbox']), a
     image_skips = collections.Counter()
     batches = eval_batches(val, cfg, skipped=image_skips)
     results, ids = [], []
     for batch in batches:
-        device, host = split_batch(batch, ('images', 'pixel_mask', 'orig_size'))
+        device, host = split_batch(batch, EVAL_STEP_KEYS)
         dets = jax.device_get(trainer.eval_step(state.eval_variables(),
                                                 to_global(device, trainer.mesh)))
         results += evaluate.results_from_detections(dets, host['image_id'], val.label_map)

@@ -23,7 +23,7 @@ def test_config_loads_and_validates(path):
     assert 'python -m detr_jax.main' in mod.__doc__ or 'Command' in mod.__doc__
     assert 'Expected' in mod.__doc__
     cfg = mod.get_config()
-    if cfg.model.num_classes is None:  # taken from the training data (train.with_classes_of)
+    if cfg.model.num_classes is None:  # taken from the training data (config_defaults.with_classes_of)
         cfg.model.num_classes = 7
     validate_model_config(cfg.model)
     assert cfg.data.max_boxes <= cfg.model.num_queries

@@ -41,6 +41,13 @@ def test_demo_console_is_quiet_and_useful(tmp_path):
     assert not INFO_LINE.search(both), INFO_LINE.findall(both)[:5]
     for noise in ('oneDNN', 'absl::InitializeLog', 'orbax', 'train/loss'):
         assert noise not in both, noise
+    # --mode=eval needs only the workdir: the run's config is stored with it
+    cmd = [sys.executable, '-m', 'detr_jax.main', '--mode=eval', f'--workdir={tmp_path}/wd']
+    env = dict(os.environ, XLA_FLAGS='', PYTHONPATH=ROOT)
+    ev = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert 'evaluating step 4 of' in ev.stdout and 'with its stored config' in ev.stdout
+    assert re.search(r'^eval at step 4 \(16 images, \d+s\): AP ', ev.stdout, re.M), ev.stdout
 
 
 def test_verbosity_1_shows_the_libraries_logs(tmp_path):

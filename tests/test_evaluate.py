@@ -158,3 +158,21 @@ def test_group_norm_model_scores_the_same_in_any_eval_buckets(val_set):
         np.testing.assert_allclose(x['bbox'] + [x['score']], y['bbox'] + [y['score']],
                                    atol=1e-4 * 192, rtol=1e-5)
     assert ap_a == ap_b
+
+
+def test_undefined_coco_figures_are_none_and_shown_as_na():
+    """APl with no large object is undefined (pycocotools' -1): None, and
+    'n/a' on the console and in tables, not 0.0."""
+    from detr_jax import console
+    gt = {'images': [{'id': 1, 'height': 100, 'width': 100}],
+          'annotations': [{'id': 1, 'image_id': 1, 'category_id': 3, 'bbox': [10, 10, 20, 20],
+                           'area': 400, 'iscrowd': 0}],
+          'categories': [{'id': 3, 'name': 'c'}]}
+    hit = [{'image_id': 1, 'category_id': 3, 'bbox': [10, 10, 20, 20], 'score': 0.9}]
+    m = evaluate.coco_ap(gt, hit)
+    assert m['AP'] == pytest.approx(1.0) and m['APs'] == pytest.approx(1.0)
+    assert m['APm'] is None and m['APl'] is None
+    assert console.format_metrics(m, ('AP', 'APl')) == 'AP 100.0 | APl n/a'
+    assert '| 100.0 | 100.0 | 100.0 | 100.0 | n/a | n/a |' in evaluate.format_table(m)
+    none = evaluate.coco_ap(gt, [])  # no detections: defined figures are 0
+    assert none['AP'] == 0.0 and none['APl'] is None

@@ -13,6 +13,7 @@ import pytest
 
 import tiny_config
 from detr_jax import checkpoints, train
+from detr_jax.config_defaults import validate_config
 from detr_jax.data import pipeline
 from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import TRAIN_STEP_KEYS, InputPipeline, split_batch
@@ -425,3 +426,19 @@ def test_precompiled_steps_train_exactly_like_lazily_compiled_ones(tmp_path, cac
             assert msgs and int(msgs[0].split(' for ')[1].split()[0]) >= 2, msgs
     for a, b in zip(*finals):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('optim.lr', -1e-4, r'config\.optim\.lr=-0\.0001 must be positive'),
+    ('optim.lr', 0.0, r'config\.optim\.lr=0\.0 must be positive'),
+    ('data.batch_size', 0, r'config\.data\.batch_size=0 must be >= 1'),
+    ('train.ema_decay', 1.0, r'config\.train\.ema_decay=1\.0 must be in \[0, 1\)'),
+    ('optim.grad_accum_steps', 0, r'config\.optim\.grad_accum_steps=0 must be >= 1'),
+])
+def test_impossible_values_are_errors_naming_the_key(key, value, message):
+    c = tiny_config.get_config()
+    section, name = key.split('.')
+    c[section][name] = value
+    with pytest.raises(ValueError, match=message):
+        validate_config(c)
+    validate_config(tiny_config.get_config())  # the unchanged config passes
