@@ -3,13 +3,13 @@ scratch on the built-in synthetic set.
 
 Command (a fresh machine, CPU only):
   python -m detr_jax.main --config=configs/demo.py --workdir=workdir/demo
-Hardware: 2 CPU cores. Wall time: ~14 minutes, data generation and
-compilation included (14.1 on 2026-11-29; the same step runs up to ~20%
-slower on some days).
-Expected: AP 52.9 / AP50 84.8 / AP75 60.1 at step 20000, AP 50.2 at step
+Hardware: 2 CPU cores. Wall time: 32 minutes on 2026-12-03, data generation
+and compilation included, on a day the machine ran every step ~2x slower
+than on 11-29 (when the previous version took 14.1 minutes).
+Expected: AP 55.3 / AP50 85.6 / AP75 63.4 at step 20000, AP 53.0 at step
 16000 (README, the demo table). With DETR's own decoder
 (`--config.model.conditional=False --config.optim.lr=3e-4
---config.optim.lr_backbone=3e-4`): AP 45.9 at step 20000.
+--config.optim.lr_backbone=3e-4`): AP 45.9 at step 20000 (11-29 code).
 
 No pretrained weights exist here, so the backbone trains from scratch with
 GroupNorm (as the original's users found necessary) and every stage trains.

@@ -5,9 +5,9 @@ class frequencies: loss_ce ~1.95 on the synthetic set) and only later starts
 to localize and classify. This run of 5000 steps (~4.5 minutes on 2 cores)
 must be well past that point: AP50 >= 0.55 on the validation split (EMA
 weights). The demo (Conditional DETR's decoder, lr 5e-4) measured AP50
-0.662 at step 4000 and 0.730 at 6000 on one core (11-29; the lr drop comes
-later, so a 5000-step run is the same run up to there), train loss_ce ~0.5
-at 5000. With DETR's own decoder the demo measured AP50 0.359 and 0.495 at
+0.647 at step 4000 and 0.751 at 8000 (12-03, 2 cores; the lr drop comes
+later, so a 5000-step run is the same run up to there), train loss_ce
+~0.6 at 4000. With DETR's own decoder the demo measured AP50 0.359 and 0.495 at
 4000 and 6000 (2 cores, lr 3e-4), so a demo that lost its conditional
 decoder fails too. The run is deterministic for a given machine and thread
 count (fixed seeds, XLA CPU), so a regression in the loss, matching, init,

@@ -90,8 +90,9 @@ def test_two_processes_disjoint_shards_equal_shapes(tmp_path):
 
 
 def _main(workdir, cache, extra=()):
+    # --verbosity=1: the metric writer's log lines (train/loss=..., eval/AP=...)
     return [sys.executable, '-m', 'detr_jax.main', '--config=tests/tiny_config.py',
-            f'--workdir={workdir}', f'--config.data.cache_dir={cache}',
+            f'--workdir={workdir}', f'--config.data.cache_dir={cache}', '--verbosity=1',
             '--config.train.max_steps=4', '--config.train.eval_every=-1', *extra]
 
 
