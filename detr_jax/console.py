@@ -8,7 +8,6 @@ warnings and errors always are.
 import contextlib
 import os
 import sys
-import time
 
 import jax
 
@@ -74,9 +73,8 @@ def duration(seconds):
 class Progress:
     """`step 400/20000 (2%) | 27.1 steps/s | ETA 12m03s | loss 20.1 | ce 1.95 | ...`"""
 
-    def __init__(self, total_steps, first_step):
-        self.total, self.start = total_steps, time.time()
-        self.first = first_step
+    def __init__(self, total_steps):
+        self.total = total_steps
 
     def line(self, step, means, steps_per_sec):
         eta = (self.total - step) / steps_per_sec if steps_per_sec > 0 else float('nan')
@@ -85,9 +83,6 @@ class Progress:
                  f'{steps_per_sec:.1f} steps/s', f'ETA {duration(eta) if eta == eta else "?"}']
         parts += [f'{short} {means[key]:.3f}' for short, key in _MAIN_TERMS if key in means]
         say(' | '.join(parts))
-
-    def elapsed(self):
-        return time.time() - self.start
 
 
 def eval_line(step, metrics, num_images, seconds, picture=None):

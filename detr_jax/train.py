@@ -160,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     state = trainer.init_state(init_rng)
     mngr = checkpoints.manager(workdir, config)
-    step, restored, meta = checkpoints.restore_latest(mngr, trainer.abstract_state())
+    step, restored, meta = checkpoints.restore_latest(mngr, trainer.abstract_state)
     if step is not None:
         state = restored
         pipeline.restore(meta['position'])
@@ -182,7 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     console.say(f'training on {source.name} ({len(source)} images, {len(source.label_map)} '
                 f'classes): steps {first}..{total_steps} ({steps_per_epoch} per epoch), '
                 f'{jax.device_count()} devices, workdir {workdir}')
-    progress = console.Progress(total_steps, first)
+    progress = console.Progress(total_steps)
     t0 = time.time()
     last_metrics = {}
     # metrics are read 2 steps late: the host prepares the next steps meanwhile

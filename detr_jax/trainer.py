@@ -110,19 +110,14 @@ class Trainer:
     state_shardings: TrainState
     train_step: Callable
     eval_step: Callable
+    # the state's shapes, dtypes and shardings (what checkpoints restore into)
+    abstract_state: TrainState
     _init: Callable
 
     def init_state(self, rng):
         """A fresh state (random init from `rng`), created already replicated
         over the mesh."""
         return jax.jit(self._init, out_shardings=self.state_shardings)(rng)
-
-    def abstract_state(self):
-        """The state's shapes, dtypes and shardings (what checkpoints restore into)."""
-        abstract = jax.eval_shape(self._init, jax.random.PRNGKey(0))
-        return jax.tree_util.tree_map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
-            self.state_shardings)
 
 
 def build_trainer(config, mesh, steps_per_epoch, total_steps=None):
@@ -148,4 +143,8 @@ def build_trainer(config, mesh, steps_per_epoch, total_steps=None):
                    donate_argnums=(0,), out_shardings=(shardings, replicated(mesh)))
     return Trainer(config=config, mesh=mesh, model=model, tx=tx, lr_schedules=schedules,
                    state_shardings=shardings, train_step=step,
-                   eval_step=jax.jit(functools.partial(eval_step, model=model)), _init=init)
+                   eval_step=jax.jit(functools.partial(eval_step, model=model)),
+                   abstract_state=jax.tree_util.tree_map(
+                       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                       abstract, shardings),
+                   _init=init)
