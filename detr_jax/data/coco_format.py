@@ -66,14 +66,19 @@ class Source:
         return max(self.label_map) + 1 if self.label_map else 0
 
 
-def _load_json(path):
+def _load_coco_json(path):
+    """A COCO json (instances or panoptic): a DataError naming the file if it
+    is missing, not JSON, or lacks "images" or "categories"."""
     try:
         with open(path) as f:
-            return json.load(f)
+            data = json.load(f)
     except FileNotFoundError as e:
         raise DataError(f'{path}: annotation file not found') from e
     except json.JSONDecodeError as e:
         raise DataError(f'{path}: not valid JSON: {e}') from e
+    if not isinstance(data, dict) or 'images' not in data or 'categories' not in data:
+        raise DataError(f'{path}: a COCO json needs "images" and "categories"')
+    return data
 
 
 def _bbox_problem(bbox, w, h):
@@ -216,9 +221,7 @@ def load_instances(ann_file, image_dir, on_bad_input='error', name=None, by_cate
     targets are the boxes clipped to the image, degenerate ones dropped, as
     the original's ConvertCocoPolysToMask does (counted and logged).
     """
-    data = _load_json(ann_file)
-    if not isinstance(data, dict) or 'images' not in data or 'categories' not in data:
-        raise DataError(f'{ann_file}: a COCO json needs "images" and "categories"')
+    data = _load_coco_json(ann_file)
     anns = data.get('annotations', [])
     if not isinstance(data['images'], list) or not isinstance(anns, list):
         raise DataError(f'{ann_file}: "images" and "annotations" must be lists')
@@ -268,12 +271,12 @@ def load_instances(ann_file, image_dir, on_bad_input='error', name=None, by_cate
                                      and area >= 0):
             defect(what, f'area {area!r} is not a non-negative number', 'area not a number >= 0')
             continue
-        clean = dict(ann)
+        clean = ann  # copied only to fill a field: COCO train has ~860k annotations
         if 'iscrowd' not in ann:
-            clean['iscrowd'] = 0
+            clean = dict(clean, iscrowd=0)
             defect.notes['annotations without iscrowd (0, as COCO defines it)'] += 1
         if area is None:
-            clean['area'] = _area(ann, h, w)
+            clean = dict(clean, area=_area(ann, h, w))
             defect.notes['annotations without area (from the mask or box, as COCO defines it)'] += 1
         gt_anns.append(clean)
         if not crowd:  # crowd: evaluated, never a target
@@ -287,10 +290,10 @@ def load_instances(ann_file, image_dir, on_bad_input='error', name=None, by_cate
         b[:, 0::2] = b[:, 0::2].clip(0, im['width'])
         b[:, 1::2] = b[:, 1::2].clip(0, im['height'])
         keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-        if (keep & (b != raw).any(1)).any():
-            defect.notes['training boxes clipped to their image'] += int(
-                (keep & (b != raw).any(1)).sum())
-        if (~keep).any():
+        clipped = int((keep & (b != raw).any(1)).sum())
+        if clipped:
+            defect.notes['training boxes clipped to their image'] += clipped
+        if not keep.all():
             defect.notes['zero-size training boxes dropped (still evaluated)'] += int(
                 (~keep).sum())
         paths.append(os.path.join(image_dir, im['file_name']))
@@ -314,9 +317,7 @@ def load_panoptic(ann_file, image_dir, png_dir, on_bad_input='error', name=None,
     defects as `load_instances` (a segment's `bbox` and `category_id` are
     checked; image sizes missing from the json are read from the files).
     """
-    data = _load_json(ann_file)
-    if not isinstance(data, dict) or 'images' not in data or 'categories' not in data:
-        raise DataError(f'{ann_file}: a COCO json needs "images" and "categories"')
+    data = _load_coco_json(ann_file)
     defect = _Defects(ann_file, on_bad_input)
     images, _ = _images(data, image_dir, defect)
     label_map, cat_to_idx = _categories(data, ann_file, by_category_id, label_map)
