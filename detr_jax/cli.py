@@ -1,9 +1,11 @@
-"""The `detr-jax` console script: train | eval | convert | predict."""
+"""The `detr-jax` console script: train | eval | plan | convert | predict."""
 import sys
 
 USAGE = """usage: detr-jax COMMAND [options]
   train    --config=configs/X.py --workdir=DIR [--config.a.b=v ...]
   eval     --workdir=DIR [--config=configs/X.py --config.a.b=v ...]  (a run: its stored config)
+  plan     --config=configs/X.py --topology=v5e:4x4 [--per_chip=N] [--json]
+           (compile for a TPU slice without one: HBM, FLOPs, bytes, roofline)
   convert  SRC --out DIR [--dilation]   (official .pth or Hugging Face -> orbax)
   predict  --checkpoint=DIR IMAGE [IMAGE ...] [--out=DIR] [--threshold=0.5]
 """
@@ -22,6 +24,9 @@ def main(argv=None):
         sys.argv = [f'detr-jax {cmd}', f'--mode={mode}'] + rest
         app.run(entry.main)
         return 0
+    if cmd == 'plan':
+        from detr_jax import plan
+        return plan.cli(rest)
     if cmd == 'convert':
         from detr_jax import convert
         return convert.cli(rest)

@@ -100,9 +100,10 @@ _VALUE_CHECKS = (
 )
 
 
-def validate_config(config):
+def validate_config(config, num_devices=None):
     """Checks that name the offending key: values no run can use, and
-    sections that must agree."""
+    sections that must agree. Batches must divide over `num_devices`
+    (default: every device of this run)."""
     for key, ok, must in _VALUE_CHECKS:
         section, name = key.split('.')
         value = config[section][name]
@@ -118,7 +119,7 @@ def validate_config(config):
     for name in ('buckets', 'eval_buckets'):
         for hw in d[name]:
             validate_image_size(m, *hw, where=f'config.data.{name} entry')
-    n = jax.device_count()
+    n = num_devices or jax.device_count()
     for name in ('batch_size', 'eval_batch_size'):
         if d[name] % n:
             raise ValueError(f'config.data.{name}={d[name]} must be divisible by the {n} devices')

@@ -1,0 +1,162 @@
+"""`detr-jax plan`: the real TPU compiler (libtpu, no TPU) on the tiny config.
+
+Compilations for a TPU take ~10-60 s each on 2 cores, so the tests share
+them: one CLI run (train and eval on v5e:2x2) and two batch sizes on a
+multi-host topology.
+"""
+import json
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from detr_jax import plan
+
+ROOT = __import__('pathlib').Path(__file__).resolve().parents[1]
+TINY = str(ROOT / 'tests' / 'tiny_config.py')
+V5E = plan.chip_of('v5e:2x2')
+
+
+def _tiny():
+    sys.path.insert(0, str(ROOT / 'tests'))
+    import tiny_config
+    return tiny_config.get_config()
+
+
+@pytest.fixture(scope='module')
+def cli_plans():
+    """One `python -m detr_jax.plan --json` run: {step: its JSON object}."""
+    out = subprocess.run(
+        [sys.executable, '-m', 'detr_jax.plan', f'--config={TINY}', '--topology=v5e:2x2',
+         '--no_fit', '--json'], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    objects = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
+    assert len(objects) == 2, out.stdout
+    return {o['step']: o for o in objects}
+
+
+def test_roofline_of_a_matmul_by_hand():
+    """A [1024, 2048] x [2048, 512] bf16 matmul, rows split over 4 v5e chips:
+    per chip 2 * 256 * 2048 * 512 = 536,870,912 FLOP (the compiler's count
+    too); with 3,407,872 bytes (256x2048 + 2048x512 + 256x512 bf16) it takes
+    at least 536870912 / 197e12 = 2.7252e-6 s of arithmetic and
+    3407872 / 819e9 = 4.1610e-6 s of HBM traffic: memory-bound."""
+    seconds, bound, compute, memory = plan.roofline(536870912, 3407872, V5E)
+    assert compute == pytest.approx(2.72523e-6, rel=1e-5)
+    assert memory == pytest.approx(4.16101e-6, rel=1e-5)
+    assert (seconds, bound) == (memory, 'memory')
+    # a v4 device is one of the chip's two TensorCores: half its rate
+    v4 = plan.chip_of('v4:2x2x1')
+    s4, b4, c4, _ = plan.roofline(536870912, 3407872, v4, devices_per_chip=2)
+    assert c4 == pytest.approx(536870912 / 137.5e12)
+    assert s4 == pytest.approx(3407872 / 600e9) and b4 == 'memory'
+
+    devices = plan.topology_devices('v5e:2x2')
+    mesh = Mesh(np.array(devices), ('data',))
+    a = jax.ShapeDtypeStruct((1024, 2048), jnp.bfloat16, sharding=NamedSharding(mesh, P('data')))
+    b = jax.ShapeDtypeStruct((2048, 512), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+    cost = jax.jit(lambda x, y: x @ y).lower(a, b).compile().cost_analysis()
+    assert cost['flops'] == 536870912
+
+
+def test_cli_plans_tiny_train_and_eval_for_v5e(cli_plans):
+    train, ev = cli_plans['train'], cli_plans['eval']
+    for p in (train, ev):
+        assert p['topology'] == 'v5e:2x2' and p['chips'] == 4
+        assert p['device_kind'] == 'TPU v5 lite'
+        assert p['per_chip_batch'] == 2  # the config's batch of 8 over 4 chips
+        assert p['hbm_capacity_bytes'] == 16 * 2**30
+        assert 0 < p['hbm_bytes_per_chip'] < p['hbm_capacity_bytes'] and p['fits']
+        assert p['hbm_bytes_per_chip'] == (p['hbm_argument_bytes'] + p['hbm_output_bytes']
+                                           + p['hbm_temp_bytes'] - p['hbm_alias_bytes'])
+        assert p['flops_per_chip'] > 0 and p['bytes_accessed_per_chip'] > 0
+        expected = max(p['flops_per_chip'] / V5E.bf16_flops_per_s,
+                       p['bytes_accessed_per_chip'] / V5E.hbm_bytes_per_s)
+        assert p['step_time_lower_bound_s'] == pytest.approx(expected)
+        assert p['images_per_s_upper_bound'] == pytest.approx(8 / expected)
+        assert p['epoch_time_lower_bound_s'] == pytest.approx(118287 * expected / 8)
+    # the train step does more than the eval step and updates the state in
+    # place (donated), with the gradients' all-reduce; evaluation needs none
+    assert train['flops_per_chip'] > 2 * ev['flops_per_chip']
+    assert train['hbm_alias_bytes'] > 0 and ev['hbm_alias_bytes'] == 0
+    assert train['collectives']['all-reduce']['count'] >= 1
+    assert ev['collectives'] == {}
+    # the schedule: the tiny config stops after 6 steps
+    assert train['schedule_time_lower_bound_s'] == pytest.approx(
+        6 * train['step_time_lower_bound_s'])
+    # the scipy matcher: each chip sends its own shard (L=2 layers, 8/4 = 2
+    # images, 12 queries, 8 target slots) to its host; nothing is gathered
+    sent = [t for t in train['host_transfers'] if t['direction'] == 'to host']
+    assert {'direction': 'to host', 'shape': 'f32[2,2,12,8]', 'bytes': 4 * 2 * 2 * 12 * 8} in sent
+    assert [t['shape'] for t in train['host_transfers'] if t['direction'] == 'from host'] == \
+        ['s32[2,2,8]']
+    assert ev['host_transfers'] == []
+
+
+def test_multi_host_topology_and_hbm_growing_with_the_batch():
+    """v5e:4x4 is 16 chips on 4 hosts; more images per chip need more HBM
+    and more bytes, the state (arguments) stays."""
+    devices = plan.topology_devices('v5e:4x4')
+    assert len(devices) == 16 and len({d.process_index for d in devices}) == 4
+    one, = plan.plan_config(_tiny(), 'v5e:4x4', per_chip=1, steps=('train',), fit=False,
+                            report=lambda s: None)
+    three, = plan.plan_config(_tiny(), 'v5e:4x4', per_chip=3, steps=('train',), fit=False,
+                              report=lambda s: None)
+    assert one.chips == three.chips == 16
+    assert three.hbm_temp_bytes > one.hbm_temp_bytes
+    assert three.hbm_bytes_per_chip > one.hbm_bytes_per_chip
+    assert three.hbm_argument_bytes - one.hbm_argument_bytes < 0.01 * one.hbm_argument_bytes + 2e6
+    assert three.bytes_accessed_per_chip > one.bytes_accessed_per_chip
+    assert 'all-reduce' in three.collectives
+
+
+def test_largest_batch_search_converges_on_the_capacity():
+    """The search over compilations, with a fake compiler whose HBM total is
+    affine in the batch (100 MB of state + 700 MB per image) on a 16 GiB
+    (17.18e9 bytes) chip: 24 images take 16.9e9 bytes and fit, 25 take
+    17.6e9 and do not."""
+    compiled_batches = []
+
+    def fake_compile(step, per_chip):
+        compiled_batches.append(per_chip)
+        total = int(100e6 + 700e6 * per_chip)
+        if total > 16 * 2**30:
+            return None  # XLA:TPU's out-of-memory compile error
+        mem = types.SimpleNamespace(argument_size_in_bytes=int(100e6), output_size_in_bytes=0,
+                                    alias_size_in_bytes=0, temp_size_in_bytes=total - int(100e6))
+        return types.SimpleNamespace(memory_analysis=lambda: mem)
+
+    planner = plan._Planner.__new__(plan._Planner)
+    planner.compile = fake_compile
+    known = types.SimpleNamespace(per_chip_batch=4, hbm_capacity_bytes=16 * 2**30,
+                                  hbm_argument_bytes=int(100e6), hbm_alias_bytes=0,
+                                  hbm_bytes_per_chip=int(100e6 + 700e6 * 4))
+    lo, hi = planner.largest_batch('train', known, max_compiles=3, report=lambda s: None)
+    assert (lo, hi) == (24, 25)
+    assert len(compiled_batches) <= 3
+
+
+def test_clear_errors(monkeypatch):
+    with pytest.raises(plan.PlanError, match=r"unknown TPU generation.*'v9x:2x2'.*v5e:2x2"):
+        plan.topology_devices('v9x:2x2')
+    with pytest.raises(plan.PlanError, match=r"does not know the topology 'v5e:banana'.*v5e:4x4"):
+        plan.topology_devices('v5e:banana')
+    config = _tiny()
+    config.data.batch_size = 6
+    with pytest.raises(plan.PlanError, match=r'batch_size=6 does not divide over the 4 devices'):
+        plan.plan_config(config, 'v5e:2x2', report=lambda s: None)
+    plan.topology_devices.cache_clear()
+    monkeypatch.setattr('importlib.util.find_spec', lambda name: None)
+    with pytest.raises(plan.PlanError, match=r"needs libtpu.*pip install -e '\.\[tpu-plan\]'"):
+        plan.topology_devices('v5e:2x2')
+
+
+def test_every_chip_figure_has_a_source():
+    for chip in plan.CHIPS:
+        assert chip.source.startswith('https://cloud.google.com/tpu/docs/')
+        assert chip.hbm_bytes > 0 and chip.bf16_flops_per_s > 1e14 and chip.hbm_bytes_per_s > 5e11
