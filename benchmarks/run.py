@@ -3,11 +3,12 @@
 markdown table and writes it into benchmarks/README.md between the
 BENCHMARKS markers (the project README carries a short summary by hand).
 
-  python benchmarks/run.py [--quick] [--no-table] [--only=forward,train,...]
+  python benchmarks/run.py [--quick] [--no-table] [--only=forward,train,...,plan]
 
 Needs the test extra (torch, transformers). Run on an otherwise idle machine.
 """
 import argparse
+import concurrent.futures
 import functools
 import os
 import platform
@@ -24,6 +25,40 @@ sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+
+
+def bench_plan(rows, topology='v5e:2x2', per_chip=4):
+    """The TPU compiler's figures for the R50 train step (configs/detr_r50.py,
+    bf16) at 800x1088 and on Scenic's one 1344x1344 canvas (1333 rounded up
+    to a multiple of 32), `per_chip` images per chip: bytes accessed per
+    image (the goal: <= 4.2 GB), HBM, the roofline bound. Needs libtpu."""
+    import importlib.util
+    from detr_jax import plan
+    spec = importlib.util.spec_from_file_location('detr_r50', os.path.join(ROOT, 'configs',
+                                                                            'detr_r50.py'))
+    cfg_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cfg_module)
+    sizes = ((800, 1088), (1344, 1344))
+    planners = [plan.Planner(cfg_module.get_config(), topology, size) for size in sizes]
+    lowered = [p.lower('train', per_chip) for p in planners]
+    print('plan: compiling the R50 train step at 800x1088 and 1344x1344 for the TPU (~10 min)',
+          file=sys.stderr, flush=True)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        compiled = list(pool.map(lambda low: low.compile(), lowered))
+    ours, canvas = [p.describe('train', per_chip, c, 0.0) for p, c in zip(planners, compiled)]
+    where = f'R50 train step, {topology}, {per_chip}/chip, bf16'
+    rows.append((f'plan: bytes accessed per image (GB), {where}, 800x1088 vs one 1344x1344 '
+                 'canvas', ours.bytes_accessed_per_image / 1e9,
+                 canvas.bytes_accessed_per_image / 1e9,
+                 f'goal <= 4.2 at 800x1088 (12.6 on 12-01); {ours.flops_per_chip / 1e12:.2f} '
+                 f'vs {canvas.flops_per_chip / 1e12:.2f} TFLOP per chip'))
+    rows.append((f'plan: HBM per chip (GiB), {where}, 800x1088 vs 1344x1344',
+                 ours.hbm_bytes_per_chip / 2**30, canvas.hbm_bytes_per_chip / 2**30,
+                 f'of {ours.hbm_capacity_bytes / 2**30:.0f} GiB'))
+    rows.append((f'plan: step time lower bound (s), {where}, 800x1088 vs 1344x1344',
+                 ours.step_time_lower_bound_s, canvas.step_time_lower_bound_s,
+                 f'{ours.bound}-bound: arithmetic {ours.compute_time_s * 1e3:.1f} ms, '
+                 f'HBM {ours.memory_time_s * 1e3:.1f} ms at 800x1088'))
 
 
 def machine():
@@ -399,11 +434,13 @@ def main():
     ap.add_argument('--quick', action='store_true', help='smaller images, fewer repetitions')
     ap.add_argument('--no-table', action='store_true', help='print only; leave '
                     'benchmarks/README.md as it is')
-    ap.add_argument('--only', default='', help='comma list: forward,train,matching,data,memory')
+    ap.add_argument('--only', default='', help='comma list: forward,train,matching,data,memory,'
+                    'plan (plan: the TPU compiler, libtpu; ~25 min)')
     a = ap.parse_args()
     reps = 3 if a.quick else 5
     hw = (384, 512) if a.quick else (800, 1066)
-    only = set(a.only.split(',')) if a.only else {'forward', 'train', 'matching', 'data', 'memory'}
+    only = set(a.only.split(',')) if a.only else {'forward', 'train', 'matching', 'data', 'memory',
+                                                   'plan'}
     import tempfile
     tmp = tempfile.mkdtemp()
     rows = Rows()
@@ -420,6 +457,8 @@ def main():
         bench_pipeline(rows, tmp)
     if 'memory' in only:
         bench_memory(rows, tmp)
+    if 'plan' in only:
+        bench_plan(rows)
     print(table(rows))
     if not a.no_table:
         if a.only and os.path.exists(TABLE_FILE):

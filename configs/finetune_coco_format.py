@@ -31,6 +31,7 @@ def get_config():
     c.data.class_index = 'contiguous'  # your ids, in order, recorded in the label map
     c.data.batch_size = 8
     c.train.reinit_class_head = True
+    c.model.dtype = 'float32'  # one GPU or chip; on a TPU: --config.model.dtype=bfloat16
     c.train.epochs = 50
     c.optim.lr_drop_epochs = 40
     c.train.eval_every = 1000

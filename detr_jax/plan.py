@@ -1,7 +1,7 @@
 """Plan a config for a TPU slice without having one: `detr-jax plan`.
 
     detr-jax plan --config=configs/detr_r50.py --topology=v5e:4x4 [--per_chip=N]
-        [--image_size=HxW] [--no_fit] [--json] [--config.a.b=v ...]
+        [--image_size=HxW] [--steps=train,eval] [--no_fit] [--json] [--config.a.b=v ...]
 
 The config's train and eval steps are built by `trainer.build_trainer`,
 exactly as training builds them, on a mesh over the devices of a TPU
@@ -24,6 +24,7 @@ plan reports, per device:
 v5p and v6e, and one per TensorCore (two per chip) on v3 and v4; the
 figures of `CHIPS` are then halved per device.
 """
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -208,7 +209,7 @@ class StepPlan:
         return self.hbm_bytes_per_chip <= self.hbm_capacity_bytes
 
 
-class _Planner:
+class Planner:
     """Builds one config's trainer on a topology and compiles its steps for
     any per-chip batch."""
 
@@ -273,33 +274,40 @@ class _Planner:
             batch['masks'] = spec((b, m, h, w), jnp.bool_)
         return batch
 
-    def compile(self, step, per_chip):
-        """The compiled step for `per_chip` images per device, or None when
-        the TPU compiler reports that it does not fit in HBM."""
+    def lower(self, step, per_chip):
         import jax.numpy as jnp
         from detr_jax.sharding import replicated
         trainer, config = self._trainer(per_chip)
         batch = self._batch(step, per_chip, config)
         if step == 'train':
             rng = self._jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated(self.mesh))
-            lowered = trainer.train_step.lower(trainer.abstract_state, batch, rng)
-        else:
-            lowered = trainer.eval_step.lower(trainer.abstract_state.eval_variables(), batch)
-        try:
-            return lowered.compile()
-        except Exception as e:  # XLA:TPU's out-of-memory is a compile error
-            if 'RESOURCE_EXHAUSTED' in str(e) or 'Ran out of memory' in str(e):
-                return None
-            raise
+            return trainer.train_step.lower(trainer.abstract_state, batch, rng)
+        return trainer.eval_step.lower(trainer.abstract_state.eval_variables(), batch)
 
-    def plan(self, step, per_chip):
-        t0 = time.time()
-        compiled = self.compile(step, per_chip)
+    def compile_all(self, jobs):
+        """[(step, per_chip)] -> [(compiled or None when it does not fit in
+        HBM, seconds)]. Lowered one by one, compiled concurrently (the TPU
+        compiler runs on one core per compilation)."""
+        lowered = [self.lower(step, per_chip) for step, per_chip in jobs]
+
+        def compile_one(low):
+            t0 = time.time()
+            try:
+                return low.compile(), time.time() - t0
+            except Exception as e:  # XLA:TPU's out-of-memory is a compile error
+                if 'RESOURCE_EXHAUSTED' in str(e) or 'Ran out of memory' in str(e):
+                    return None, time.time() - t0
+                raise
+        workers = max(1, min(len(jobs), os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(compile_one, lowered))
+
+    def describe(self, step, per_chip, compiled, seconds):
+        """The StepPlan of one compiled step."""
         if compiled is None:
             raise PlanError(f'the {step} step with {per_chip} images per chip does not fit in '
                             f'the {self.chip.hbm_bytes / 2**30:.0f} GiB of a {self.chip.generation} '
                             'chip: plan a smaller --per_chip')
-        seconds = time.time() - t0
         mem = compiled.memory_analysis()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -309,15 +317,14 @@ class _Planner:
         epochs = (self.config.train.epochs if self.config.train.max_steps <= 0 else
                   self.config.train.max_steps * per_chip * self.n / COCO_TRAIN_IMAGES)
         hlo = compiled.as_text()
-        total = (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                 + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
         return StepPlan(
             step=step, topology=self.topology, chips=self.n,
             device_kind=self.devices[0].device_kind, per_chip_batch=per_chip,
             image_size=self.train_size if step == 'train' else self.eval_size,
             hbm_argument_bytes=mem.argument_size_in_bytes, hbm_temp_bytes=mem.temp_size_in_bytes,
             hbm_output_bytes=mem.output_size_in_bytes, hbm_alias_bytes=mem.alias_size_in_bytes,
-            hbm_bytes_per_chip=total, hbm_capacity_bytes=self.chip.hbm_bytes // self.per_device,
+            hbm_bytes_per_chip=_hbm_total(compiled),
+            hbm_capacity_bytes=self.chip.hbm_bytes // self.per_device,
             flops_per_chip=flops, bytes_accessed_per_chip=nbytes,
             bytes_accessed_per_image=nbytes / per_chip,
             step_time_lower_bound_s=bound_s, bound=bound, compute_time_s=compute_s,
@@ -326,33 +333,39 @@ class _Planner:
             schedule_time_lower_bound_s=epochs * COCO_TRAIN_IMAGES / images_per_s,
             collectives=collectives(hlo), host_transfers=host_transfers(hlo), compile_s=seconds)
 
-    def largest_batch(self, step, known, max_compiles=3, report=print):
+    def largest_batch(self, step, known, rounds=1, report=print):
         """(largest per-chip batch known to fit, smallest known not to fit
         or None), searched from a plan that fits (`known`) up to
-        `MAX_PER_CHIP`: the HBM total is close to linear in the batch, so
-        each guess extrapolates the two closest compilations; at most
-        `max_compiles` more compilations."""
+        `MAX_PER_CHIP`. The HBM total is close to affine in the batch: each
+        round extrapolates it from the closest fitting compilation (the
+        state, the arguments, is batch-independent) to a guess g and
+        compiles g and g + 1 side by side; one round usually ends it."""
         capacity = known.hbm_capacity_bytes
-        points = {known.per_chip_batch: known.hbm_bytes_per_chip}
-        lo, hi = known.per_chip_batch, None
-        fixed = known.hbm_argument_bytes - known.hbm_alias_bytes  # the state: batch-independent
+        lo, lo_total, hi = known.per_chip_batch, known.hbm_bytes_per_chip, None
+        fixed = known.hbm_argument_bytes - known.hbm_alias_bytes
         slope = max((known.hbm_bytes_per_chip - fixed) / known.per_chip_batch, 1.0)
-        for _ in range(max_compiles):
+        bisect = False  # the last failure said nothing about the slope
+        for _ in range(rounds):
             if lo >= MAX_PER_CHIP or (hi is not None and hi - lo <= 1):
                 break
-            guess = lo + max(1, int((capacity - points[lo]) / slope))
+            guess = lo + max(1, int((capacity - lo_total) / slope))
+            if bisect:
+                guess = (lo + hi) // 2
             guess = min(guess, MAX_PER_CHIP, hi - 1 if hi else MAX_PER_CHIP)
-            report(f'  {step} step: does a batch of {guess} per chip fit?')
-            compiled = self.compile(step, guess)
-            total = None if compiled is None else _hbm_total(compiled)
-            if total is not None and total <= capacity:
-                slope = max((total - points[lo]) / (guess - lo), 1.0)
-                points[guess] = total
-                lo = guess
-            else:
-                hi = guess
-                if total is not None:
-                    slope = max((total - points[lo]) / (guess - lo), 1.0)
+            tries = [n for n in (guess, guess + 1) if n <= MAX_PER_CHIP and n != hi]
+            report(f'  {step} step: do {" and ".join(map(str, tries))} images per chip fit?')
+            compiled_round = self.compile_all([(step, n) for n in tries])
+            for n, (compiled, _) in zip(tries, compiled_round):
+                total = None if compiled is None else _hbm_total(compiled)
+                if total is not None and total <= capacity:
+                    if n > lo:
+                        slope = max((total - lo_total) / (n - lo), 1.0)
+                        lo, lo_total = n, total
+                else:
+                    hi = n if hi is None else min(hi, n)
+                    if total is not None and n > lo:
+                        slope = max((total - lo_total) / (n - lo), 1.0)
+            bisect = hi is not None and all(c is None for c, _ in compiled_round)
         return lo, hi
 
 
@@ -362,30 +375,47 @@ def _hbm_total(compiled):
             - m.alias_size_in_bytes)
 
 
-def plan_config(config, topology, per_chip=None, image_size=None, steps=('train', 'eval'),
-                fit=True, report=print):
-    """Compile `config`'s steps for `topology` -> [StepPlan] (see the module
-    docstring). `per_chip`: images per device (default: the config's batch
-    over the devices); `image_size` (h, w): default, the largest train and
-    eval buckets (what must fit)."""
+def _planned_config(config, report):
     if config.model.num_classes is None:  # the fine-tune config: from the data when training
         config = config.copy_and_resolve_references()
         config.model.num_classes = 91
         report('config.model.num_classes is taken from the data when training; planned with 91')
-    planner = _Planner(config, topology, image_size)
+    return config
+
+
+def plan_config(config, topology, per_chip=None, image_size=None, steps=('train', 'eval'),
+                fit=True, fit_rounds=1, report=print):
+    """Compile `config`'s steps for `topology` -> [StepPlan] (see the module
+    docstring). `per_chip`: images per device (default: the config's batch
+    over the devices); `image_size` (h, w): default, the largest train and
+    eval buckets (what must fit). With `fit`, the train step's largest
+    per-chip batch is searched (`search_largest_batch`)."""
+    config = _planned_config(config, report)
+    planner = Planner(config, topology, image_size)
     per_chip = per_chip or planner.default_per_chip()
     if per_chip < 1:
         raise PlanError(f'--per_chip={per_chip} must be >= 1')
-    plans = []
-    for step in steps:
-        report(f'compiling the {step} step for {topology} ({planner.n} devices, {per_chip} '
-               f'per chip, {"x".join(map(str, planner.train_size if step == "train" else planner.eval_size))})...')
-        p = planner.plan(step, per_chip)
-        if fit:
-            p.largest_per_chip_batch, p.smallest_per_chip_batch_over = planner.largest_batch(
-                step, p, report=report)
-        plans.append(p)
+    sizes = {'train': planner.train_size, 'eval': planner.eval_size}
+    report(f'compiling the {" and ".join(steps)} steps for {topology} ({planner.n} devices, '
+           f'{per_chip} images per chip, '
+           + ', '.join(f'{s} {sizes[s][0]}x{sizes[s][1]}' for s in steps) + ')...')
+    compiled = planner.compile_all([(step, per_chip) for step in steps])
+    plans = [planner.describe(step, per_chip, c, sec) for step, (c, sec) in zip(steps, compiled)]
+    for p in plans:
+        if fit and p.step == 'train':
+            search_largest_batch(config, topology, p, image_size, fit_rounds, report, planner)
     return plans
+
+
+def search_largest_batch(config, topology, train_plan, image_size=None, rounds=1,
+                         report=print, planner=None):
+    """Fills `train_plan.largest_per_chip_batch` (and the smallest batch
+    found not to fit) by `rounds` rounds of two compilations
+    (`Planner.largest_batch`)."""
+    planner = planner or Planner(_planned_config(config, lambda m: None), topology, image_size)
+    train_plan.largest_per_chip_batch, train_plan.smallest_per_chip_batch_over = \
+        planner.largest_batch('train', train_plan, rounds=rounds, report=report)
+    return train_plan
 
 
 def _gib(n):
@@ -438,12 +468,21 @@ def format_plan(p, chip):
         lines.append('  host transfers per chip and step (host callbacks): ' + ', '.join(
             f'{t["direction"]} {t["shape"]}' for t in p.host_transfers))
     if p.largest_per_chip_batch is not None:
-        over = p.smallest_per_chip_batch_over
-        lines.append(f'  largest batch that fits: {p.largest_per_chip_batch} per chip '
-                     + (f'({over} does not)' if over else f'(searched up to {MAX_PER_CHIP})'
-                        if p.largest_per_chip_batch >= MAX_PER_CHIP else
-                        '(a larger one was not tried: more compilations needed)'))
+        lines.append(_fit_line(p))
     return '\n'.join(lines)
+
+
+def _fit_line(p):
+    lo, over = p.largest_per_chip_batch, p.smallest_per_chip_batch_over
+    if over is not None and over == lo + 1:
+        found = f'({over} does not)'
+    elif over is not None:
+        found = f'({over} does not; between them untried: --fit_rounds=2 narrows it)'
+    elif lo >= MAX_PER_CHIP:
+        found = f'(searched up to {MAX_PER_CHIP})'
+    else:
+        found = '(larger batches untried: --fit_rounds=2 goes on)'
+    return f'  {p.step} step, largest batch that fits: {lo} per chip {found}'
 
 
 def as_json(p):
@@ -468,11 +507,26 @@ def main(argv):
         size = (int(m.group(1)), int(m.group(2)))
     report = (lambda s: print(s, file=sys.stderr, flush=True)) if FLAGS.json else \
         (lambda s: print(s, flush=True))
+    unknown = set(FLAGS.steps) - {'train', 'eval'}
+    if unknown or not FLAGS.steps:
+        raise PlanError(f'--steps={",".join(FLAGS.steps)}: a comma list of train and eval')
     plans = plan_config(FLAGS.config, FLAGS.topology, FLAGS.per_chip or None, size,
-                        fit=not FLAGS.no_fit, report=report)
+                        steps=tuple(FLAGS.steps), fit=False, report=report)
     chip = chip_of(FLAGS.topology)
-    for p in plans:
-        print(json.dumps(as_json(p)) if FLAGS.json else format_plan(p, chip), flush=True)
+    if not FLAGS.json:  # the plan first; the batch search takes another round of compilations
+        for p in plans:
+            print(format_plan(p, chip), flush=True)
+    train = [p for p in plans if p.step == 'train']
+    if train and not FLAGS.no_fit:
+        report('searching the largest train batch that fits (two more compilations a round; '
+               '--no_fit skips it)...')
+        search_largest_batch(FLAGS.config, FLAGS.topology, train[0], size, FLAGS.fit_rounds,
+                             report)
+        if not FLAGS.json:
+            print(_fit_line(train[0]), flush=True)
+    if FLAGS.json:
+        for p in plans:
+            print(json.dumps(as_json(p)), flush=True)
 
 
 def cli(argv):
@@ -484,7 +538,9 @@ def cli(argv):
     flags.DEFINE_integer('per_chip', 0, 'Images per chip (default: the config\'s batch over '
                          'the chips).')
     flags.DEFINE_string('image_size', '', 'HxW (default: the largest train / eval bucket).')
-    flags.DEFINE_bool('no_fit', False, 'Skip the search for the largest batch that fits.')
+    flags.DEFINE_bool('no_fit', False, 'Skip the search for the largest train batch that fits.')
+    flags.DEFINE_integer('fit_rounds', 1, 'Rounds of the search (two compilations each).')
+    flags.DEFINE_list('steps', ['train', 'eval'], 'Which steps to compile: train, eval.')
     flags.DEFINE_bool('json', False, 'One JSON object per compiled step on standard output.')
     flags.mark_flags_as_required(['config', 'topology'])
 

@@ -131,14 +131,27 @@ def test_largest_batch_search_converges_on_the_capacity():
                                     alias_size_in_bytes=0, temp_size_in_bytes=total - int(100e6))
         return types.SimpleNamespace(memory_analysis=lambda: mem)
 
-    planner = plan._Planner.__new__(plan._Planner)
-    planner.compile = fake_compile
+    planner = plan.Planner.__new__(plan.Planner)
+    planner.compile_all = lambda jobs: [(fake_compile(*job), 1.0) for job in jobs]
     known = types.SimpleNamespace(per_chip_batch=4, hbm_capacity_bytes=16 * 2**30,
                                   hbm_argument_bytes=int(100e6), hbm_alias_bytes=0,
                                   hbm_bytes_per_chip=int(100e6 + 700e6 * 4))
-    lo, hi = planner.largest_batch('train', known, max_compiles=3, report=lambda s: None)
+    lo, hi = planner.largest_batch('train', known, rounds=1, report=lambda s: None)
     assert (lo, hi) == (24, 25)
-    assert len(compiled_batches) <= 3
+    assert compiled_batches == [24, 25]
+    # a poor first guess (HBM rising faster than the first point says) takes
+    # more rounds: here the state is said to be 2.8 GB, so 1 image looks
+    # like 0 bytes per image and the first guess is the cap
+    compiled_batches.clear()
+    known.hbm_argument_bytes = known.hbm_bytes_per_chip - 1
+    lo, hi = planner.largest_batch('train', known, rounds=4, report=lambda s: None)
+    assert (lo, hi) == (24, 25)
+    # what `detr-jax plan` prints after the plan
+    known.step, known.hbm_argument_bytes = 'train', int(100e6)
+    plan.search_largest_batch(None, 'v5e:2x2', known, rounds=1, report=lambda s: None,
+                              planner=planner)
+    assert (known.largest_per_chip_batch, known.smallest_per_chip_batch_over) == (24, 25)
+    assert plan._fit_line(known) == '  train step, largest batch that fits: 24 per chip (25 does not)'
 
 
 def test_clear_errors(monkeypatch):
