@@ -173,3 +173,12 @@ def test_every_chip_figure_has_a_source():
     for chip in plan.CHIPS:
         assert chip.source.startswith('https://cloud.google.com/tpu/docs/')
         assert chip.hbm_bytes > 0 and chip.bf16_flops_per_s > 1e14 and chip.hbm_bytes_per_s > 5e11
+
+
+def test_detr_jax_plan_command_reports_a_bad_topology_by_name():
+    out = subprocess.run([sys.executable, '-m', 'detr_jax.cli', 'plan', f'--config={TINY}',
+                          '--topology=v7x:2x2'], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 2
+    assert "detr-jax plan: unknown TPU generation in topology 'v7x:2x2'" in out.stderr
+    assert 'Traceback' not in out.stderr
