@@ -228,6 +228,7 @@ class Planner:
         for size in {self.train_size, self.eval_size}:
             validate_image_size(config.model, *size, where='--image_size')
         self._jax = jax
+        self.out_of_memory = {}  # (step, per_chip) -> what the compiler said
 
     @property
     def n(self):
@@ -285,9 +286,11 @@ class Planner:
         return trainer.eval_step.lower(trainer.abstract_state.eval_variables(), batch)
 
     def compile_all(self, jobs):
-        """[(step, per_chip)] -> [(compiled or None when it does not fit in
+        """[(step, per_chip)] -> [(compiled, or None when it does not fit in
         HBM, seconds)]. Lowered one by one, compiled concurrently (the TPU
-        compiler runs on one core per compilation)."""
+        compiler runs on one core per compilation). The compiler's
+        out-of-memory message is kept in `self.out_of_memory[(step,
+        per_chip)]`."""
         lowered = [self.lower(step, per_chip) for step, per_chip in jobs]
 
         def compile_one(low):
@@ -296,18 +299,24 @@ class Planner:
                 return low.compile(), time.time() - t0
             except Exception as e:  # XLA:TPU's out-of-memory is a compile error
                 if 'RESOURCE_EXHAUSTED' in str(e) or 'Ran out of memory' in str(e):
-                    return None, time.time() - t0
+                    return _oom_summary(e), time.time() - t0
                 raise
         workers = max(1, min(len(jobs), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(compile_one, lowered))
+            results = list(pool.map(compile_one, lowered))
+        for job, (result, _) in zip(jobs, results):
+            if isinstance(result, str):
+                self.out_of_memory[job] = result
+        return [(None if isinstance(r, str) else r, sec) for r, sec in results]
 
     def describe(self, step, per_chip, compiled, seconds):
         """The StepPlan of one compiled step."""
         if compiled is None:
+            said = self.out_of_memory.get((step, per_chip), '')
             raise PlanError(f'the {step} step with {per_chip} images per chip does not fit in '
                             f'the {self.chip.hbm_bytes / 2**30:.0f} GiB of a {self.chip.generation} '
-                            'chip: plan a smaller --per_chip')
+                            f'chip{" (the compiler: " + said + ")" if said else ""}: plan a '
+                            'smaller --per_chip (or --config.model.remat=True)')
         mem = compiled.memory_analysis()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -367,6 +376,15 @@ class Planner:
                         slope = max((total - lo_total) / (n - lo), 1.0)
             bisect = hi is not None and all(c is None for c, _ in compiled_round)
         return lo, hi
+
+
+def _oom_summary(error):
+    """The line of XLA:TPU's out-of-memory error that gives the sizes."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if re.search(r'\bUsed\b.*\bof\b|exceed|Ran out of memory', line):
+            return line[:300]
+    return lines[0][:300] if lines else 'out of memory'
 
 
 def _hbm_total(compiled):

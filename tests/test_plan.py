@@ -182,3 +182,15 @@ def test_detr_jax_plan_command_reports_a_bad_topology_by_name():
     assert out.returncode == 2
     assert "detr-jax plan: unknown TPU generation in topology 'v7x:2x2'" in out.stderr
     assert 'Traceback' not in out.stderr
+
+
+def test_a_step_that_does_not_fit_says_what_the_compiler_said():
+    """64 tiny images of 2048x2048 per chip need ~34 GB of temporaries."""
+    out = subprocess.run([sys.executable, '-m', 'detr_jax.plan', f'--config={TINY}',
+                          '--topology=v5e:2x2', '--steps=train', '--no_fit', '--per_chip=64',
+                          '--image_size=2048x2048'], capture_output=True, text=True, cwd=ROOT,
+                         timeout=600)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert ('the train step with 64 images per chip does not fit in the 16 GiB of a v5e chip '
+            '(the compiler: RESOURCE_EXHAUSTED: Ran out of memory') in out.stderr
+    assert 'plan a smaller --per_chip' in out.stderr and 'Traceback' not in out.stderr
