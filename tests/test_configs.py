@@ -2,6 +2,7 @@
 import glob
 import importlib.util
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -37,3 +38,14 @@ def test_remat_gives_the_same_outputs_and_grads():
                            ['pred_boxes'].sum())(v['params'])
     for x, y in zip(jax.tree_util.tree_leaves(f(a)), jax.tree_util.tree_leaves(f(b))):
         np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['detr_r50', 'detr_r50_dc5', 'detr_r101', 'finetune_coco_format'])
+def test_tpu_configs_state_their_plan(name):
+    """Each TPU config's docstring gives its `detr-jax plan` on both slices the
+    project plans for (HBM per chip, the bound per epoch)."""
+    doc = open(os.path.join(ROOT, 'configs', f'{name}.py')).read().split('"""')[1]
+    assert 'detr-jax plan' in doc
+    for topology in ('v5e:4x4', 'v4:2x2x2'):
+        assert topology in doc, topology
+    assert 'GiB' in doc and re.search(r'epoch\s+>=', doc)
