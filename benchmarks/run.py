@@ -8,7 +8,6 @@ BENCHMARKS markers (the project README carries a short summary by hand).
 Needs the test extra (torch, transformers). Run on an otherwise idle machine.
 """
 import argparse
-import concurrent.futures
 import functools
 import os
 import platform
@@ -38,14 +37,10 @@ def bench_plan(rows, topology='v5e:2x2', per_chip=4):
                                                                             'detr_r50.py'))
     cfg_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cfg_module)
-    sizes = ((800, 1088), (1344, 1344))
-    planners = [plan.Planner(cfg_module.get_config(), topology, size) for size in sizes]
-    lowered = [p.lower('train', per_chip) for p in planners]
-    print('plan: compiling the R50 train step at 800x1088 and 1344x1344 for the TPU (~10 min)',
-          file=sys.stderr, flush=True)
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        compiled = list(pool.map(lambda low: low.compile(), lowered))
-    ours, canvas = [p.describe('train', per_chip, c, 0.0) for p, c in zip(planners, compiled)]
+    ours, canvas = [plan.plan_config(cfg_module.get_config(), topology, per_chip, size,
+                                     steps=('train',), fit=False,
+                                     report=lambda m: print(m, file=sys.stderr, flush=True))[0]
+                    for size in ((800, 1088), (1344, 1344))]
     where = f'R50 train step, {topology}, {per_chip}/chip, bf16'
     rows.append((f'plan: bytes accessed per image (GB), {where}, 800x1088 vs one 1344x1344 '
                  'canvas', ours.bytes_accessed_per_image / 1e9,
@@ -435,7 +430,7 @@ def main():
     ap.add_argument('--no-table', action='store_true', help='print only; leave '
                     'benchmarks/README.md as it is')
     ap.add_argument('--only', default='', help='comma list: forward,train,matching,data,memory,'
-                    'plan (plan: the TPU compiler, libtpu; ~25 min)')
+                    'plan (plan: the TPU compiler, libtpu; ~20 min)')
     a = ap.parse_args()
     reps = 3 if a.quick else 5
     hw = (384, 512) if a.quick else (800, 1066)

@@ -27,12 +27,22 @@ figures of `CHIPS` are then halved per device.
 import concurrent.futures
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
 import re
 import sys
 import time
+
+import jax
+import jax.numpy as jnp
+
+from detr_jax.config_defaults import validate_config
+from detr_jax.console import duration, quiet_native_stderr, set_verbosity
+from detr_jax.models import validate_image_size
+from detr_jax.sharding import data_sharded, make_mesh, replicated
+from detr_jax.trainer import build_trainer
 
 COCO_TRAIN_IMAGES = 118287
 # the batch search stops here (DETR recipes use 1-8 images per chip)
@@ -105,15 +115,12 @@ def chip_of(topology):
 def topology_devices(topology):
     """The devices of a TPU topology ('v5e:4x4'), from libtpu (no TPU needed)."""
     chip_of(topology)
-    import importlib.util
     if importlib.util.find_spec('libtpu') is None:
         raise PlanError("planning for a TPU needs libtpu (the TPU compiler), which is not "
-                        "installed: pip install -e '.[tpu-plan]'") from None
+                        "installed: pip install -e '.[tpu-plan]'")
     _libtpu_environment()
-    import jax
     from absl import logging as absl_logging
     from jax.experimental import topologies
-    from detr_jax.console import quiet_native_stderr
     try:  # libtpu's start-up lines, shown with --verbosity=1
         with quiet_native_stderr(absl_logging.get_verbosity() < absl_logging.INFO):
             jax.devices()  # the host's own backend first: it finds no TPU, quietly
@@ -214,9 +221,6 @@ class Planner:
     any per-chip batch."""
 
     def __init__(self, config, topology, image_size=None):
-        import jax
-        from detr_jax.models import validate_image_size
-        from detr_jax.sharding import make_mesh
         self.chip = chip_of(topology)
         self.devices = topology_devices(topology)
         self.config, self.topology = config, topology
@@ -227,7 +231,6 @@ class Planner:
         self.eval_size = tuple(image_size or largest(config.data.eval_buckets))
         for size in {self.train_size, self.eval_size}:
             validate_image_size(config.model, *size, where='--image_size')
-        self._jax = jax
         self.out_of_memory = {}  # (step, per_chip) -> what the compiler said
 
     @property
@@ -243,26 +246,19 @@ class Planner:
         return batch // self.n
 
     def _trainer(self, per_chip):
-        from detr_jax.config_defaults import validate_config
-        from detr_jax.trainer import build_trainer
         config = self.config.copy_and_resolve_references()
         config.data.batch_size = config.data.eval_batch_size = per_chip * self.n
         validate_config(config, num_devices=self.n)
+        # the schedule over COCO-sized epochs, as train.py sets it over its data
         steps_per_epoch = max(1, COCO_TRAIN_IMAGES // config.data.batch_size)
-        return build_trainer(config, self.mesh, steps_per_epoch, self.total_steps(per_chip)), config
-
-    def total_steps(self, per_chip):
-        c = self.config
-        if c.train.max_steps > 0:
-            return c.train.max_steps
-        return c.train.epochs * max(1, COCO_TRAIN_IMAGES // (per_chip * self.n))
+        total_steps = (config.train.max_steps if config.train.max_steps > 0
+                       else config.train.epochs * steps_per_epoch)
+        return build_trainer(config, self.mesh, steps_per_epoch, total_steps), config
 
     def _batch(self, step, per_chip, config):
-        import jax.numpy as jnp
-        from detr_jax.sharding import data_sharded
         b = per_chip * self.n
         h, w = self.train_size if step == 'train' else self.eval_size
-        spec = lambda shape, dtype: self._jax.ShapeDtypeStruct(  # noqa: E731
+        spec = lambda shape, dtype: jax.ShapeDtypeStruct(  # noqa: E731
             shape, dtype, sharding=data_sharded(self.mesh))
         batch = {'images': spec((b, h, w, 3), jnp.uint8), 'pixel_mask': spec((b, h, w), jnp.bool_)}
         if step == 'eval':
@@ -276,12 +272,10 @@ class Planner:
         return batch
 
     def lower(self, step, per_chip):
-        import jax.numpy as jnp
-        from detr_jax.sharding import replicated
         trainer, config = self._trainer(per_chip)
         batch = self._batch(step, per_chip, config)
         if step == 'train':
-            rng = self._jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated(self.mesh))
+            rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated(self.mesh))
             return trainer.train_step.lower(trainer.abstract_state, batch, rng)
         return trainer.eval_step.lower(trainer.abstract_state.eval_variables(), batch)
 
@@ -293,21 +287,18 @@ class Planner:
         per_chip)]`."""
         lowered = [self.lower(step, per_chip) for step, per_chip in jobs]
 
-        def compile_one(low):
+        def compile_one(job, low):
             t0 = time.time()
             try:
                 return low.compile(), time.time() - t0
             except Exception as e:  # XLA:TPU's out-of-memory is a compile error
                 if 'RESOURCE_EXHAUSTED' in str(e) or 'Ran out of memory' in str(e):
-                    return _oom_summary(e), time.time() - t0
+                    self.out_of_memory[job] = _oom_summary(e)
+                    return None, time.time() - t0
                 raise
         workers = max(1, min(len(jobs), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(compile_one, lowered))
-        for job, (result, _) in zip(jobs, results):
-            if isinstance(result, str):
-                self.out_of_memory[job] = result
-        return [(None if isinstance(r, str) else r, sec) for r, sec in results]
+            return list(pool.map(compile_one, jobs, lowered))
 
     def describe(self, step, per_chip, compiled, seconds):
         """The StepPlan of one compiled step."""
@@ -332,7 +323,7 @@ class Planner:
             image_size=self.train_size if step == 'train' else self.eval_size,
             hbm_argument_bytes=mem.argument_size_in_bytes, hbm_temp_bytes=mem.temp_size_in_bytes,
             hbm_output_bytes=mem.output_size_in_bytes, hbm_alias_bytes=mem.alias_size_in_bytes,
-            hbm_bytes_per_chip=_hbm_total(compiled),
+            hbm_bytes_per_chip=_hbm_total(mem),
             hbm_capacity_bytes=self.chip.hbm_bytes // self.per_device,
             flops_per_chip=flops, bytes_accessed_per_chip=nbytes,
             bytes_accessed_per_image=nbytes / per_chip,
@@ -365,7 +356,7 @@ class Planner:
             report(f'  {step} step: do {" and ".join(map(str, tries))} images per chip fit?')
             compiled_round = self.compile_all([(step, n) for n in tries])
             for n, (compiled, _) in zip(tries, compiled_round):
-                total = None if compiled is None else _hbm_total(compiled)
+                total = None if compiled is None else _hbm_total(compiled.memory_analysis())
                 if total is not None and total <= capacity:
                     if n > lo:
                         slope = max((total - lo_total) / (n - lo), 1.0)
@@ -387,8 +378,9 @@ def _oom_summary(error):
     return lines[0][:300] if lines else 'out of memory'
 
 
-def _hbm_total(compiled):
-    m = compiled.memory_analysis()
+def _hbm_total(m):
+    """What a compiled step holds in HBM, from its `memory_analysis()`:
+    arguments + outputs + temporaries, donated buffers counted once."""
     return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
             - m.alias_size_in_bytes)
 
@@ -447,14 +439,8 @@ def _si(n):
     return f'{n:.3g} '
 
 
-def _duration(seconds):
-    if seconds < 1:
-        return f'{seconds * 1e3:.1f} ms'
-    if seconds < 3600:
-        return f'{seconds:.1f} s'
-    if seconds < 2 * 86400:
-        return f'{seconds / 3600:.1f} h'
-    return f'{seconds / 86400:.1f} days'
+def _ms(seconds):
+    return f'{seconds * 1e3:.1f} ms'
 
 
 def format_plan(p, chip):
@@ -470,12 +456,12 @@ def format_plan(p, chip):
              f'({_si(p.bytes_accessed_per_image)}B per image)',
              f'  roofline ({chip.generation}: {chip.bf16_flops_per_s / 1e12:.0f} TFLOP/s, '
              f'{chip.hbm_bytes_per_s / 1e9:.0f} GB/s per chip): step >= '
-             f'{_duration(p.step_time_lower_bound_s)}, {p.bound}-bound (arithmetic '
-             f'{_duration(p.compute_time_s)}, memory {_duration(p.memory_time_s)}); '
+             f'{_ms(p.step_time_lower_bound_s)}, {p.bound}-bound (arithmetic '
+             f'{_ms(p.compute_time_s)}, memory {_ms(p.memory_time_s)}); '
              f'<= {p.images_per_s_upper_bound:.0f} images/s',
              f'  one COCO epoch ({COCO_TRAIN_IMAGES} images) >= '
-             f'{_duration(p.epoch_time_lower_bound_s)}'
-             + (f'; the schedule >= {_duration(p.schedule_time_lower_bound_s)}'
+             f'{duration(p.epoch_time_lower_bound_s)}'
+             + (f'; the schedule >= {duration(p.schedule_time_lower_bound_s)}'
                 if p.step == 'train' else '')]
     if p.collectives:
         lines.append('  collectives: ' + ', '.join(
@@ -563,7 +549,6 @@ def cli(argv):
     flags.mark_flags_as_required(['config', 'topology'])
 
     def run(args):
-        from detr_jax.console import set_verbosity
         set_verbosity(flags.FLAGS.verbosity)
         try:
             main(args)

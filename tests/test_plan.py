@@ -5,27 +5,22 @@ them: one CLI run (train and eval on v5e:2x2) and two batch sizes on a
 multi-host topology.
 """
 import json
+import pathlib
 import subprocess
 import sys
 import types
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import tiny_config
 from detr_jax import plan
+from detr_jax.sharding import data_sharded, make_mesh, replicated
 
-ROOT = __import__('pathlib').Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(ROOT / 'tests' / 'tiny_config.py')
 V5E = plan.chip_of('v5e:2x2')
-
-
-def _tiny():
-    sys.path.insert(0, str(ROOT / 'tests'))
-    import tiny_config
-    return tiny_config.get_config()
 
 
 @pytest.fixture(scope='module')
@@ -56,10 +51,9 @@ def test_roofline_of_a_matmul_by_hand():
     assert c4 == pytest.approx(536870912 / 137.5e12)
     assert s4 == pytest.approx(3407872 / 600e9) and b4 == 'memory'
 
-    devices = plan.topology_devices('v5e:2x2')
-    mesh = Mesh(np.array(devices), ('data',))
-    a = jax.ShapeDtypeStruct((1024, 2048), jnp.bfloat16, sharding=NamedSharding(mesh, P('data')))
-    b = jax.ShapeDtypeStruct((2048, 512), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+    mesh = make_mesh(plan.topology_devices('v5e:2x2'))
+    a = jax.ShapeDtypeStruct((1024, 2048), jnp.bfloat16, sharding=data_sharded(mesh))
+    b = jax.ShapeDtypeStruct((2048, 512), jnp.bfloat16, sharding=replicated(mesh))
     cost = jax.jit(lambda x, y: x @ y).lower(a, b).compile().cost_analysis()
     assert cost['flops'] == 536870912
 
@@ -103,9 +97,9 @@ def test_multi_host_topology_and_hbm_growing_with_the_batch():
     and more bytes, the state (arguments) stays."""
     devices = plan.topology_devices('v5e:4x4')
     assert len(devices) == 16 and len({d.process_index for d in devices}) == 4
-    one, = plan.plan_config(_tiny(), 'v5e:4x4', per_chip=1, steps=('train',), fit=False,
+    one, = plan.plan_config(tiny_config.get_config(), 'v5e:4x4', per_chip=1, steps=('train',), fit=False,
                             report=lambda s: None)
-    three, = plan.plan_config(_tiny(), 'v5e:4x4', per_chip=3, steps=('train',), fit=False,
+    three, = plan.plan_config(tiny_config.get_config(), 'v5e:4x4', per_chip=3, steps=('train',), fit=False,
                               report=lambda s: None)
     assert one.chips == three.chips == 16
     assert three.hbm_temp_bytes > one.hbm_temp_bytes
@@ -159,7 +153,7 @@ def test_clear_errors(monkeypatch):
         plan.topology_devices('v9x:2x2')
     with pytest.raises(plan.PlanError, match=r"does not know the topology 'v5e:banana'.*v5e:4x4"):
         plan.topology_devices('v5e:banana')
-    config = _tiny()
+    config = tiny_config.get_config()
     config.data.batch_size = 6
     with pytest.raises(plan.PlanError, match=r'batch_size=6 does not divide over the 4 devices'):
         plan.plan_config(config, 'v5e:2x2', report=lambda s: None)
