@@ -3,7 +3,6 @@ config + label map) written, resumed and read back; converted weights
 (`detr-jax convert`); a pretrained start for fine-tuning."""
 import json
 import logging
-import os
 
 import flax
 import jax
@@ -11,35 +10,37 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
+from detr_jax.paths import as_path, read_json
+
 CONFIG_FILE = 'detr_jax_config.json'
 
 
 def save_converted(out_dir, model_config, variables):
-    """variables as an orbax checkpoint + the model config (label_map in it)."""
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    """variables as an orbax checkpoint + the model config (label_map in it),
+    in the folder `out_dir` (local or a bucket)."""
+    out_dir = as_path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(out_dir, 'variables'), variables, force=True)
+        ckptr.save(out_dir / 'variables', variables, force=True)
         ckptr.wait_until_finished()
-    with open(os.path.join(out_dir, CONFIG_FILE), 'w') as f:
-        f.write(model_config.to_json_best_effort(indent=1))
+    (out_dir / CONFIG_FILE).write_text(model_config.to_json_best_effort(indent=1))
 
 
 def is_converted(path):
-    return os.path.isdir(path) and os.path.exists(os.path.join(path, CONFIG_FILE))
+    return (as_path(path) / CONFIG_FILE).exists()
 
 
 def is_workdir(path):
-    return os.path.isdir(os.path.join(path, 'checkpoints'))
+    return (as_path(path) / 'checkpoints').is_dir()
 
 
 def load_converted(path):
     from detr_jax.models import abstract_variables, build_model
-    with open(os.path.join(path, CONFIG_FILE)) as f:
-        cfg = ml_collections.ConfigDict(json.load(f))
+    path = as_path(path)
+    cfg = ml_collections.ConfigDict(read_json(path / CONFIG_FILE))
     abstract = abstract_variables(build_model(cfg))
     with ocp.StandardCheckpointer() as ckptr:
-        variables = ckptr.restore(os.path.join(os.path.abspath(path), 'variables'), abstract)
+        variables = ckptr.restore(path / 'variables', abstract)
     return cfg, variables
 
 
@@ -53,17 +54,30 @@ def _tuples(tree):
     return tree
 
 
+def _replicated_template(mngr, step):
+    """The stored state's shapes and dtypes, replicated over every device."""
+    from detr_jax.sharding import make_mesh, replicated
+    sharding = replicated(make_mesh())
+    tree = mngr.item_metadata(step)['state']
+    return jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+
+
 def load_workdir(workdir, step=None, ema=True):
     """The latest (or given) training checkpoint of a workdir ->
     (full config, model variables, step). The variables hold the EMA weights
-    if training kept them (config.train.ema_decay > 0), unless `ema=False`."""
-    mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                                 item_names=('state', 'meta'))
+    if training kept them (config.train.ema_decay > 0), unless `ema=False`.
+
+    Any number of processes and devices reads a checkpoint written by any
+    other number: the arrays are restored replicated over this run's devices
+    (orbax's own default, the writers' shardings, refuses another topology)."""
+    mngr = ocp.CheckpointManager(as_path(workdir) / 'checkpoints', item_names=('state', 'meta'))
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f'{workdir}: no checkpoint in {workdir}/checkpoints')
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+    state = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_replicated_template(mngr, step))))['state']
     config = ml_collections.ConfigDict(_tuples(meta['config']))
     params = state['params']
     if ema and state.get('ema_params'):
@@ -80,8 +94,7 @@ def manager(workdir, config):
     the newest `config.train.keep_checkpoints` kept)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
                                            enable_async_checkpointing=True, create=True)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                                 options=options, item_names=('state', 'meta'))
+    return ocp.CheckpointManager(as_path(workdir) / 'checkpoints', options=options, item_names=('state', 'meta'))
 
 
 def save(mngr, step, state, position, config, label_map):

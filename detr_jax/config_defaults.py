@@ -75,6 +75,8 @@ def base_config():
         precompile=True,
         num_vis_images=4, profile=False, init_from='', reinit_class_head=False,
         eval_max_images=-1,
+        # TensorBoard's event files: '' = the workdir (a bucket works too)
+        tensorboard_dir='',
     ))
     c.seed = 0
     return c

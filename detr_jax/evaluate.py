@@ -5,9 +5,7 @@ training (`run_eval`) and for a finished run or a converted checkpoint
 import contextlib
 import copy
 import io
-import json
 import logging
-import os
 import time
 
 import jax
@@ -17,6 +15,7 @@ from detr_jax import checkpoints, console
 from detr_jax.config_defaults import validate_config
 from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import EVAL_STEP_KEYS, eval_batches, split_batch
+from detr_jax.paths import as_path, tensorboard_dir, write_json, write_png
 from detr_jax.sharding import make_mesh, to_global, to_host
 
 AP_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')
@@ -72,9 +71,7 @@ def coco_ap(ground_truth, results, image_ids=None, out_json=None):
     None; with no results, defined figures are 0."""
     from pycocotools.cocoeval import COCOeval
     if out_json:
-        os.makedirs(os.path.dirname(out_json), exist_ok=True)
-        with open(out_json, 'w') as f:
-            json.dump(results, f)
+        write_json(out_json, results)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         if isinstance(ground_truth, dict):
@@ -116,22 +113,22 @@ def run_eval(trainer, state, source, workdir, step, writer):
     results, ids, samples = predict(trainer.eval_step, state.eval_variables(), source,
                                     config.data, trainer.mesh,
                                     max_images=config.train.eval_max_images)
-    out_dir = os.path.join(workdir, 'eval')
+    out_dir = as_path(workdir) / 'eval'
+    writes = jax.process_index() == 0  # every host has every result; one writes
     metrics = coco_ap(source.ground_truth, results, ids,
-                      out_json=os.path.join(out_dir, f'results_{step}.json'))
+                      out_json=out_dir / f'results_{step}.json' if writes else None)
     # undefined figures (None) are left out of TensorBoard
     writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items() if v is not None})
-    if jax.process_index() == 0:
-        with open(os.path.join(out_dir, f'metrics_{step}.json'), 'w') as f:
-            json.dump({'step': step, 'images': len(ids), **metrics}, f, indent=1)
+    if writes:
+        write_json(out_dir / f'metrics_{step}.json', {'step': step, 'images': len(ids), **metrics},
+                   indent=1)
     logging.info('eval at step %d (%d images, %.0fs):\n%s', step, len(ids), time.time() - t,
                  format_table(metrics))
     pic = draw.draw_eval_samples(samples, source.label_map, max_images=config.train.num_vis_images)
     picture = None
-    if pic is not None and jax.process_index() == 0:
-        from PIL import Image
-        picture = os.path.join(out_dir, f'predictions_{step}.png')
-        Image.fromarray(pic).save(picture)
+    if pic is not None and writes:
+        picture = str(out_dir / f'predictions_{step}.png')
+        write_png(picture, pic)
         writer.write_images(step, {'eval/predictions': pic[None]})
     console.eval_line(step, metrics, len(ids), time.time() - t, picture)
     return dict(metrics, picture=picture) if picture else metrics
@@ -166,7 +163,8 @@ def evaluate_checkpoint(workdir, config=None, overrides=None):
     if config.model.num_classes is None:
         config.model.num_classes = source.num_classes
     trainer = build_trainer(config, make_mesh(), steps_per_epoch=1)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = metric_writers.create_default_writer(tensorboard_dir(config, workdir),
+                                                  just_logging=jax.process_index() > 0)
     state = TrainState(step=jnp.asarray(step), params=variables['params'],
                        batch_stats=variables.get('batch_stats', {}), opt_state=None)
     metrics = run_eval(trainer, state, source, workdir, step, writer)

@@ -12,6 +12,7 @@ from detr_jax import checkpoints, draw
 from detr_jax.data.normalize import normalize
 from detr_jax.data.transforms import get_size_with_aspect_ratio
 from detr_jax.models import build_model
+from detr_jax.paths import as_path, write_png
 from detr_jax.postprocess import detections, select
 
 
@@ -72,11 +73,11 @@ def cli(argv):
             print(f'detr-jax predict: {p}: no such file', file=sys.stderr)
             return 1
     cfg, variables, label_map, (size, max_size) = load_any(a.checkpoint)
-    os.makedirs(a.out, exist_ok=True)
+    out = as_path(a.out)
     for p, image, d in predict_images(cfg, variables, paths, size, max_size, a.threshold):
         pic = draw.draw_boxes(image, d['boxes'], d['labels'], d['scores'], label_map)
-        dst = os.path.join(a.out, os.path.splitext(os.path.basename(p))[0] + '_pred.png')
-        Image.fromarray(pic).save(dst)
+        dst = out / (os.path.splitext(os.path.basename(p))[0] + '_pred.png')
+        write_png(dst, pic)
         print(f'{p}: {len(d["scores"])} detections -> {dst}')
         for s, l, b in zip(d['scores'], d['labels'], d['boxes']):
             name = label_map.get(int(l), {}).get('name', str(int(l)))

@@ -24,6 +24,7 @@ from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import TRAIN_STEP_KEYS, InputPipeline, split_batch
 from detr_jax.losses import weight_dict
 from detr_jax.optim import applied_lr
+from detr_jax.paths import as_path, tensorboard_dir
 from detr_jax.sharding import make_mesh, to_global
 from detr_jax.trainer import build_trainer
 
@@ -140,7 +141,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     its PNG) and the last logged train scalars, or {'preempted_at': step}.
     """
     t_start = time.time()
-    os.makedirs(workdir, exist_ok=True)
+    workdir = as_path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     validate_config(config)
     _enable_compilation_cache()
     mesh = make_mesh()
@@ -150,7 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     val_source = (build_source(config.data, 'val', label_map=source.label_map)
                   if config.train.eval_every != 0 else None)
     writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+        tensorboard_dir(config, workdir), just_logging=jax.process_index() > 0, asynchronous=True)
     pipeline = InputPipeline(source, config.data, jax.process_index(), jax.process_count(),
                              with_masks=bool(config.model.masks))
     steps_per_epoch = len(pipeline.plan(0))
@@ -175,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                                              every_secs=30)
     hooks = [report]
     if config.train.profile and jax.process_index() == 0:
-        hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
+        hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=str(workdir)))
     preempt = _Preemption()
     lr_sched, lr_bb_sched = trainer.lr_schedules
     first = int(state.step)
