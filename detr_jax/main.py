@@ -47,19 +47,36 @@ def main(argv):
     with console.quiet_native_stderr(FLAGS.verbosity < 1):
         import tensorflow  # noqa: F401  (its start-up lines; tf.data needs it anyway)
     from detr_jax import evaluate, train
-    init_distributed()
-    if FLAGS.mode == 'eval':  # the run's stored config, and what the command line changes
-        overrides = config_flags.get_override_values(FLAGS['config']) if FLAGS.config else {}
-        evaluate.evaluate_checkpoint(FLAGS.workdir, FLAGS.config, overrides)
-        return
-    if FLAGS.config is None:
+    if FLAGS.mode != 'eval' and FLAGS.config is None:
         raise app.UsageError('--config is required to train (--mode=eval can do without: it '
                              'reads the config stored in --workdir)')
-    config = FLAGS.config
-    if FLAGS.mode == 'train':
-        with config.unlocked():
-            config.train.eval_every = 0
-    train.train_and_evaluate(config, FLAGS.workdir)
+    init_distributed()
+    try:
+        if FLAGS.mode == 'eval':  # the run's stored config, and what the command line changes
+            overrides = config_flags.get_override_values(FLAGS['config']) if FLAGS.config else {}
+            evaluate.evaluate_checkpoint(FLAGS.workdir, FLAGS.config, overrides)
+            return
+        config = FLAGS.config
+        if FLAGS.mode == 'train':
+            with config.unlocked():
+                config.train.eval_every = 0
+        train.train_and_evaluate(config, FLAGS.workdir)
+    except Exception:  # noqa: BLE001
+        _exit_now(1)
+
+
+def _exit_now(code):
+    """Reports the exception and ends the process at once: after a failed
+    save, orbax's background threads wait minutes for signals that never
+    come, and a multi-host peer may wait in a collective."""
+    import sys
+    import traceback
+    traceback.print_exc()
+    err = sys.exc_info()[1]
+    print(f'detr_jax: {type(err).__name__}: {err}', file=sys.stderr, flush=True)
+    logging.flush()
+    sys.stdout.flush()
+    os._exit(code)
 
 
 if __name__ == '__main__':

@@ -10,7 +10,6 @@ loss stops the run naming the step and the terms, and writes nothing.
 import collections
 import logging
 import os
-import signal
 import time
 
 import jax
@@ -25,6 +24,7 @@ from detr_jax.data.pipeline import TRAIN_STEP_KEYS, InputPipeline, split_batch
 from detr_jax.losses import weight_dict
 from detr_jax.optim import applied_lr
 from detr_jax.paths import as_path, tensorboard_dir
+from detr_jax.preemption import Preemption
 from detr_jax.sharding import make_mesh, to_global
 from detr_jax.trainer import build_trainer
 
@@ -73,23 +73,22 @@ def precompile(step_fn, state, gbatch, rng, buckets, threads=None):
     return done
 
 
-class _Preemption:
-    """SIGTERM (a preempted spot/preemptible TPU VM) -> checkpoint, then exit."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        logging.warning('SIGTERM received: writing a checkpoint before exiting')
-        self.requested = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._old)
-
-
 class NonFiniteLoss(FloatingPointError):
     pass
+
+
+class CheckpointError(OSError):
+    pass
+
+
+def _check_saves(mngr):
+    """A failed asynchronous save stops the run at the next log step (not a
+    whole `checkpoint_every` later), naming the folder and the cause."""
+    try:
+        mngr.check_for_errors()
+    except Exception as e:  # noqa: BLE001  (orbax re-raises the writer's error as is)
+        raise CheckpointError(f'writing a checkpoint to {mngr.directory} failed: '
+                              f'{type(e).__name__}: {e}') from e
 
 
 class _Metrics:
@@ -101,6 +100,8 @@ class _Metrics:
         self.lag, self.checkpointed = lag, checkpointed
         self.inflight = collections.deque()
         self.sums, self.n = {}, 0
+        # a SIGTERM on any host, as the train step reduced it over all of them
+        self.stop_requested = False
 
     def add(self, step, metrics):
         self.inflight.append((step, metrics))
@@ -110,6 +111,7 @@ class _Metrics:
         while len(self.inflight) > keep:
             step, m = self.inflight.popleft()
             m = jax.device_get(m)
+            self.stop_requested |= bool(m.pop('stop_requested', False))
             if not np.isfinite(m['loss']):
                 bad = {k: float(v) for k, v in m.items()}
                 raise NonFiniteLoss(f'non-finite loss at step {step}: {bad}; the last good '
@@ -178,7 +180,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     hooks = [report]
     if config.train.profile and jax.process_index() == 0:
         hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=str(workdir)))
-    preempt = _Preemption()
     lr_sched, lr_bb_sched = trainer.lr_schedules
     first = int(state.step)
     console.say(f'training on {source.name} ({len(source)} images, {len(source.label_map)} '
@@ -189,16 +190,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     last_metrics = {}
     # metrics are read 2 steps late: the host prepares the next steps meanwhile
     window = _Metrics(lag=2, checkpointed=mngr.latest_step)
+    saved = first  # the step whose state a restart reproduces (restored, or the fresh start)
+
+    def save(step, position):
+        nonlocal saved
+        window.drain()  # nothing non-finite goes into a checkpoint
+        checkpoints.save(mngr, step, state, position, config, source.label_map)
+        saved = step
+
+    executed_shapes = set()
     it = iter(pipeline)
+    preempt = Preemption(before_exit=[mngr.wait_until_finished, writer.flush])
     try:
+        preempt.clean(first)
         for cur in range(first, total_steps):
+            position = dict(pipeline.position)  # that of `batch`
             batch = next(it)
-            position = dict(pipeline.position)
-            gbatch = to_global(split_batch(batch, TRAIN_STEP_KEYS)[0], mesh)
+            rows = split_batch(batch, TRAIN_STEP_KEYS)[0]
+            rows['stop_requested'] = np.full(len(rows['images']), preempt.requested)
+            gbatch = to_global(rows, mesh)
             if cur == first and config.train.precompile:
                 epoch = pipeline.position['epoch']
                 precompile(trainer.train_step, state, gbatch, step_rng,
                            [b for b, _ in pipeline.plan(epoch)])
+            shape = tuple(gbatch['images'].shape[1:3])
+            if shape not in executed_shapes:
+                # its first step compiles (minutes on a pod): checkpoint first, so
+                # that a SIGTERM meanwhile loses nothing and exits at once
+                if saved != cur:
+                    save(cur, position)
+                preempt.clean(cur)
+                executed_shapes.add(shape)
+            preempt.dirty()
             with jax.profiler.StepTraceAnnotation('train', step_num=cur):
                 state, metrics = trainer.train_step(state, gbatch, step_rng)
             done = cur + 1
@@ -206,6 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             for h in hooks:
                 h(done)
             if done % config.train.log_every == 0 or done == total_steps:
+                _check_saves(mngr)
                 means, n_sum = window.mean()
                 dt = time.time() - t0
                 scalars = {f'train/{k}': v for k, v in means.items()}
@@ -220,23 +244,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                 progress.line(done, means, n_sum / dt)
                 last_metrics = scalars
                 t0 = time.time()
-            if done % config.train.checkpoint_every == 0 or done == total_steps or preempt.requested:
-                window.drain()  # nothing non-finite goes into a checkpoint
-                checkpoints.save(mngr, done, state, position, config, source.label_map)
-            if preempt.requested:
+            # every process sees the same request at the same step (`_Metrics`)
+            stop = window.stop_requested
+            if done % config.train.checkpoint_every == 0 or done == total_steps or stop:
+                save(done, dict(pipeline.position))
+            if stop:
                 mngr.wait_until_finished()
                 console.say(f'SIGTERM: checkpoint at step {done} written to {workdir}; exiting')
                 return {'preempted_at': done}
             if config.train.eval_every > 0 and done % config.train.eval_every == 0 \
                     and done != total_steps:
+                if saved != done:
+                    save(done, dict(pipeline.position))
+                preempt.clean(done)
                 evaluate.run_eval(trainer, state, val_source, workdir, done, writer)
+        preempt.clean(saved)
+        result = {}
+        if val_source is not None:
+            result = evaluate.run_eval(trainer, state, val_source, workdir, int(state.step),
+                                       writer)
+        mngr.wait_until_finished()
+        writer.flush()
     finally:
         mngr.wait_until_finished()
         preempt.restore()
-    result = {}
-    if val_source is not None:
-        result = evaluate.run_eval(trainer, state, val_source, workdir, int(state.step), writer)
-    writer.flush()
     console.summary(result, time.time() - t_start, workdir, int(state.step))
     result.update(last_metrics)
     return result

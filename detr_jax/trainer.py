@@ -11,6 +11,8 @@ input pipeline declares in `data.pipeline.TRAIN_STEP_KEYS` and
 (True on real pixels); for training `labels` [B, M] int32, `boxes` [B, M, 4]
 (cx, cy, w, h normalized by the unpadded size), `valid` [B, M] bool and,
 panoptic, `masks` [B, M, H, W]; for evaluation `orig_size` [B, 2] (h, w).
+The training loop adds `stop_requested` bool [B] (each host's rows say
+whether it got SIGTERM); the step returns their any() as a metric.
 """
 import dataclasses
 import functools
@@ -74,6 +76,8 @@ def train_step(state, batch, rng, *, model, config, tx, mesh, norm_trainable):
     params = optax.apply_updates(state.params, updates)
     batch_stats = upd.get('batch_stats', state.batch_stats) if norm_trainable else state.batch_stats
     metrics['grad_norm'] = optax.global_norm(grads)
+    if 'stop_requested' in batch:  # a host got SIGTERM: now every host knows
+        metrics['stop_requested'] = jnp.any(batch['stop_requested'])
     ema_params = state.ema_params
     if config.train.ema_decay > 0:
         ema_params = ema_update(ema_params, params, state.step + 1, config.train.ema_decay)
