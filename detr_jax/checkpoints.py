@@ -58,9 +58,10 @@ def _replicated_template(mngr, step):
     """The stored state's shapes and dtypes, replicated over every device."""
     from detr_jax.sharding import make_mesh, replicated
     sharding = replicated(make_mesh())
-    tree = mngr.item_metadata(step)['state']
+    tree = dict(mngr.item_metadata(step)['state'])
     return jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree,
+        is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
 
 
 def load_workdir(workdir, step=None, ema=True):
@@ -71,7 +72,9 @@ def load_workdir(workdir, step=None, ema=True):
     Any number of processes and devices reads a checkpoint written by any
     other number: the arrays are restored replicated over this run's devices
     (orbax's own default, the writers' shardings, refuses another topology)."""
-    mngr = ocp.CheckpointManager(as_path(workdir) / 'checkpoints', item_names=('state', 'meta'))
+    mngr = ocp.CheckpointManager(as_path(workdir) / 'checkpoints', item_names=('state', 'meta'),
+                                 item_handlers={'state': ocp.StandardCheckpointHandler(),
+                                                'meta': ocp.JsonCheckpointHandler()})
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f'{workdir}: no checkpoint in {workdir}/checkpoints')

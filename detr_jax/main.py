@@ -22,6 +22,8 @@ flags.DEFINE_enum('mode', 'train_and_eval', ['train', 'eval', 'train_and_eval'],
 flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-process).')
 flags.DEFINE_integer('num_processes', 1, 'Processes in a multi-process run.')
 flags.DEFINE_integer('process_id', 0, 'This process, 0..num_processes-1.')
+flags.DEFINE_integer('heartbeat_timeout', 100, 'Seconds without news from a process after '
+                     'which the others give it up for lost and exit (multi-process).')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -31,9 +33,10 @@ def init_distributed():
     if FLAGS.coordinator_address:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                    num_processes=FLAGS.num_processes,
-                                   process_id=FLAGS.process_id)
+                                   process_id=FLAGS.process_id,
+                                   heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
     elif ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''):  # a multi-host TPU slice
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
     if jax.process_count() > 1:
         logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
                      jax.process_count(), jax.local_device_count(), jax.device_count())

@@ -1,0 +1,161 @@
+"""Several hosts, for real: two `jax.distributed` processes on 127.0.0.1
+(2 CPU devices each) training the tiny config through `detr_jax.main`.
+
+- Their parameters equal a one-process 4-device run's within 1e-5; their
+  checkpoint evaluates in one process (`--mode=eval`) and resumes on one
+  device to the 4-device run's parameters.
+- SIGTERM to one of them: both save the same step and exit within 30 s; the
+  run resumes from there like an uninterrupted one.
+- SIGKILL to one: the other exits non-zero within the heartbeat timeout,
+  naming the lost task; both restarted resume from the last checkpoint.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import jax
+import numpy as np
+
+from test_train import CONFIG, ROOT, _params
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _env(devices):
+    env = dict(os.environ)
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    return env
+
+
+def _cmd(workdir, cache_dir, *extra):
+    return [os.sys.executable, '-m', 'detr_jax.main', f'--config={CONFIG}',
+            f'--workdir={workdir}', '--mode=train', f'--config.data.cache_dir={cache_dir}',
+            *extra]
+
+
+def _one(workdir, cache_dir, devices, *extra):
+    r = subprocess.run(_cmd(workdir, cache_dir, *extra), env=_env(devices), capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _start_two(workdir, cache_dir, *extra, heartbeat=100):
+    """Two processes of 2 devices each; their consoles piped, their logs in
+    workdir.p0.log / .p1.log."""
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        log = open(f'{workdir}.p{pid}.log', 'a')
+        p = subprocess.Popen(_cmd(workdir, cache_dir, *extra, f'--heartbeat_timeout={heartbeat}',
+                                  f'--coordinator_address=127.0.0.1:{port}',
+                                  '--num_processes=2', f'--process_id={pid}'),
+                             env=_env(2), stdout=subprocess.PIPE, stderr=log, text=True)
+        p.log = f'{workdir}.p{pid}.log'
+        procs.append(p)
+    return procs
+
+
+def _finish(procs, timeout=900):
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        with open(p.log) as f:
+            assert p.returncode == 0, (out, f.read()[-3000:])
+    return outs
+
+
+def _wait_for(proc, text, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        assert line, f'process ended before printing {text!r}'
+        if text in line:
+            return line
+    raise AssertionError(f'no {text!r} within {timeout}s')
+
+
+def _assert_close(a, b, tol=1e-5):
+    (s1, p1), (s2, p2) = _params(a), _params(b)
+    assert s1 == s2, (s1, s2)
+    for x, y in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
+        np.testing.assert_allclose(x, y, atol=tol, rtol=tol)
+
+
+def test_two_processes_train_like_one_and_their_checkpoint_moves_to_one_device(tmp_path):
+    cache = str(tmp_path / 'data')
+    steps = ['--config.train.checkpoint_every=4', '--config.train.keep_checkpoints=5']
+    ref = tmp_path / 'one_process_4_devices'
+    _one(ref, cache, 4, '--config.train.max_steps=8', *steps)
+    two = tmp_path / 'two_processes'
+    _finish(_start_two(two, cache, '--config.train.max_steps=4', *steps))
+    # step 4 of both (load_workdir reads any writer topology)
+    (s1, p1), (s2, p2) = _params(ref, 4), _params(two)
+    assert s1 == s2 == 4
+    for x, y in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
+    # the two-process checkpoint evaluated by one process with one device
+    ev = tmp_path / 'eval_copy'
+    shutil.copytree(two, ev)
+    r = subprocess.run([os.sys.executable, '-m', 'detr_jax.main', f'--workdir={ev}',
+                        '--mode=eval'], env=_env(1), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (ev / 'eval' / 'metrics_4.json').exists()
+    # ... and resumed by one process with one device: the 4-device run's step 8
+    r = _one(two, cache, 1, '--config.train.max_steps=8', *steps)
+    assert 'resumed from step 4' in r.stdout
+    _assert_close(ref, two)
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+    cache = str(tmp_path / 'data')
+    wd = tmp_path / 'wd'
+    procs = _start_two(wd, cache, '--config.train.max_steps=100000', '--config.train.log_every=1',
+                       '--config.train.checkpoint_every=100000')
+    _wait_for(procs[0], ' 3/100000')
+    t = time.time()
+    procs[1].send_signal(signal.SIGTERM)  # process 0 gets nothing
+    outs = _finish(procs, timeout=60)
+    took = time.time() - t
+    assert took < 30, f'{took:.0f}s'
+    said = [next(line for line in out.splitlines() if 'SIGTERM: checkpoint at step' in line)
+            for out in outs[:1]]  # process 0 prints the console
+    step = int(said[0].split('step ')[1].split()[0])
+    assert _params(wd)[0] == step
+    # resumed by both, it ends where an uninterrupted run ends
+    _finish(_start_two(wd, cache, f'--config.train.max_steps={step + 2}'))
+    ref = tmp_path / 'ref'
+    _one(ref, cache, 4, f'--config.train.max_steps={step + 2}')
+    _assert_close(ref, wd)
+
+
+def test_a_lost_process_stops_the_other_and_both_restarted_resume(tmp_path):
+    cache = str(tmp_path / 'data')
+    wd = tmp_path / 'wd'
+    args = ['--config.train.max_steps=100000', '--config.train.log_every=1',
+            '--config.train.checkpoint_every=4']
+    procs = _start_two(wd, cache, *args, heartbeat=10)
+    _wait_for(procs[0], ' 5/100000')
+    procs[1].kill()
+    t = time.time()
+    procs[0].communicate(timeout=120)
+    took = time.time() - t
+    assert procs[0].returncode != 0
+    assert took < 10 + 20, f'{took:.0f}s'  # the heartbeat timeout, and some slack
+    with open(procs[0].log) as f:
+        log = f.read()
+    assert 'The following tasks are unhealthy (stopped sending heartbeats):\n1' in log, log[-3000:]
+    saved = _params(wd)[0]
+    assert saved >= 4
+    procs = _start_two(wd, cache, '--config.train.max_steps=8',
+                       '--config.train.checkpoint_every=4')
+    outs = _finish(procs)
+    assert f'resumed from step {saved}' in outs[0]
+    assert _params(wd)[0] == 8
