@@ -3,7 +3,7 @@
 markdown table and writes it into benchmarks/README.md between the
 BENCHMARKS markers (the project README carries a short summary by hand).
 
-  python benchmarks/run.py [--quick] [--no-table] [--only=forward,train,...,plan]
+  python benchmarks/run.py [--quick] [--no-table] [--only=forward,train,...,plan,processes]
 
 Needs the test extra (torch, transformers). Run on an otherwise idle machine.
 """
@@ -54,6 +54,41 @@ def bench_plan(rows, topology='v5e:2x2', per_chip=4):
                  ours.step_time_lower_bound_s, canvas.step_time_lower_bound_s,
                  f'{ours.bound}-bound: arithmetic {ours.compute_time_s * 1e3:.1f} ms, '
                  f'HBM {ours.memory_time_s * 1e3:.1f} ms at 800x1088'))
+
+
+def bench_processes(rows, steps=40):
+    """The demo config's train step (fixed batch of 8) as one process with
+    one device against two jax.distributed processes with one device each
+    (gloo over 127.0.0.1), in steps/s; and the gradient all-reduce alone:
+    the model's floats as its 173 arrays against the same floats as one."""
+    import json
+    import socket
+    import tempfile
+    worker = os.path.join(ROOT, 'benchmarks', 'processes_worker.py')
+    data = tempfile.mkdtemp()
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+               JAX_PLATFORMS='cpu')
+
+    def run(nproc):
+        with socket.socket() as sock:
+            sock.bind(('127.0.0.1', 0))
+            port = sock.getsockname()[1]
+        extra = lambda i: [f'127.0.0.1:{port}', str(nproc), str(i)] if nproc > 1 else []  # noqa
+        procs = [subprocess.Popen([sys.executable, worker, data, str(steps), 'scipy', *extra(i)],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  text=True) for i in range(nproc)]
+        outs = [p.communicate()[0] for p in procs]
+        return json.loads(outs[0].strip().splitlines()[-1])
+    one = run(1)  # also writes the synthetic set both read
+    two = run(2)
+    rows.append(('demo train step (steps/s), 2 processes x 1 device vs 1 process',
+                 two['steps_per_s'], one['steps_per_s'],
+                 f'higher is better; collectives in the 2-process step: {two["collectives"]}, '
+                 f'host transfers {two["host_transfers"]}'))
+    rows.append((f'gradient all-reduce over 2 processes (ms): {two["arrays"]} arrays vs the '
+                 'same floats as one array', two['reduce_arrays_ms'], two['reduce_ms'],
+                 f'{two["params"]} floats; one variadic all-reduce in the HLO, run operand by '
+                 'operand by the CPU collectives'))
 
 
 def machine():
@@ -430,12 +465,12 @@ def main():
     ap.add_argument('--no-table', action='store_true', help='print only; leave '
                     'benchmarks/README.md as it is')
     ap.add_argument('--only', default='', help='comma list: forward,train,matching,data,memory,'
-                    'plan (plan: the TPU compiler, libtpu; ~20 min)')
+                    'plan,processes (plan: the TPU compiler, libtpu; ~20 min)')
     a = ap.parse_args()
     reps = 3 if a.quick else 5
     hw = (384, 512) if a.quick else (800, 1066)
     only = set(a.only.split(',')) if a.only else {'forward', 'train', 'matching', 'data', 'memory',
-                                                   'plan'}
+                                                   'plan', 'processes'}
     import tempfile
     tmp = tempfile.mkdtemp()
     rows = Rows()
@@ -454,6 +489,8 @@ def main():
         bench_memory(rows, tmp)
     if 'plan' in only:
         bench_plan(rows)
+    if 'processes' in only:
+        bench_processes(rows)
     print(table(rows))
     if not a.no_table:
         if a.only and os.path.exists(TABLE_FILE):
