@@ -11,6 +11,7 @@ header real GCS sends and tensorstore needs). Pointed at it: epath through fsspe
 setting, so TensorBoard goes to a local folder (`train.tensorboard_dir`); its
 bucket path is TensorFlow's own.
 """
+import json
 import os
 import signal
 import socket
@@ -18,12 +19,10 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
 from test_train import _env, _train_cmd
-from detr_jax import checkpoints
 
 BUCKET = 'detr-test'
 
@@ -58,13 +57,30 @@ def emulator(tmp_path_factory):
 
 
 @pytest.fixture
-def bucket_env(emulator, monkeypatch):
-    """This process and its children talk to the emulator."""
-    env = {'EPATH_USE_TF': 'false', 'STORAGE_EMULATOR_HOST': emulator,
-           'TENSORSTORE_GCS_HTTP_URL': emulator}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return dict(_env(), **env)
+def bucket_env(emulator):
+    """The environment of processes that talk to the emulator (this one
+    does not: epath caches its choice of backend for the process)."""
+    return dict(_env(), EPATH_USE_TF='false', STORAGE_EMULATOR_HOST=emulator,
+                TENSORSTORE_GCS_HTTP_URL=emulator)
+
+
+# what a user's script reads back from the bucket: the eval folder and the
+# weights (saved to a local .npz for the comparison)
+READER = r'''
+import json, sys
+import jax, numpy as np
+from etils import epath
+from detr_jax import checkpoints
+out = {}
+for wd in sys.argv[2:]:
+    ev = epath.Path(wd) / 'eval'
+    _, variables, step = checkpoints.load_workdir(wd)
+    np.savez(f'{sys.argv[1]}/{wd.rsplit("/", 1)[1]}.npz',
+             *[np.asarray(x) for x in jax.tree_util.tree_leaves(variables)])
+    out[wd] = {'names': sorted(p.name for p in ev.iterdir()), 'step': step,
+               'png': (ev / 'predictions_40.png').read_bytes()[:4].hex()}
+print(json.dumps(out))
+'''
 
 
 def _cmd(workdir, cache_dir, *extra):
@@ -85,7 +101,6 @@ def _steps(endpoint, run):
 
 
 def test_gs_workdir_resumes_after_sigkill_like_an_uninterrupted_run(tmp_path, emulator, bucket_env):
-    from etils import epath
     cache = str(tmp_path / 'data')
     args = ['--config.train.max_steps=40', '--config.train.checkpoint_every=4',
             '--config.train.eval_every=-1', '--config.train.num_vis_images=2']
@@ -113,13 +128,16 @@ def test_gs_workdir_resumes_after_sigkill_like_an_uninterrupted_run(tmp_path, em
     assert 'resumed from step' in r.stdout
     # nothing of the run landed on the local disk under a mangled 'gs:' folder
     assert not os.path.exists(os.path.join(os.getcwd(), 'gs:'))
-    for wd in (full, killed):
-        names = {p.name for p in (epath.Path(wd) / 'eval').iterdir()}
-        assert {'results_40.json', 'metrics_40.json', 'predictions_40.png'} <= names, names
-        assert (epath.Path(wd) / 'eval' / 'predictions_40.png').read_bytes()[:4] == b'\x89PNG'
     assert list((tmp_path / 'tb2').glob('events.out.tfevents.*'))
-    _, a, s1 = checkpoints.load_workdir(full)
-    _, b, s2 = checkpoints.load_workdir(killed)
-    assert s1 == s2 == 40
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_array_equal(x, y)  # bitwise, as a local workdir resumes
+    r = subprocess.run([sys.executable, '-c', READER, str(tmp_path), full, killed],
+                       env=bucket_env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    read = json.loads(r.stdout.strip().splitlines()[-1])
+    for wd in (full, killed):
+        assert {'results_40.json', 'metrics_40.json', 'predictions_40.png'} <= set(
+            read[wd]['names']), read[wd]
+        assert read[wd]['png'] == '89504e47' and read[wd]['step'] == 40  # a PNG; the last step
+    a, b = np.load(tmp_path / 'full.npz'), np.load(tmp_path / 'killed.npz')
+    assert len(a.files) == len(b.files) > 50
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])  # bitwise, as a local workdir resumes
