@@ -97,7 +97,8 @@ def manager(workdir, config):
     the newest `config.train.keep_checkpoints` kept)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
                                            enable_async_checkpointing=True, create=True)
-    return ocp.CheckpointManager(as_path(workdir) / 'checkpoints', options=options, item_names=('state', 'meta'))
+    return ocp.CheckpointManager(as_path(workdir) / 'checkpoints', options=options,
+                                 item_names=('state', 'meta'))
 
 
 def save(mngr, step, state, position, config, label_map):

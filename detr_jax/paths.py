@@ -31,10 +31,6 @@ def as_path(path) -> epath.Path:
     return epath.Path(os.path.abspath(os.path.expanduser(s)))
 
 
-def is_local(path) -> bool:
-    return not os.fspath(path).startswith(_URI)
-
-
 def write_json(path, obj, indent=None):
     """`obj` as JSON at `path` (parent folders created)."""
     path = as_path(path)

@@ -193,7 +193,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     saved = first  # the step whose state a restart reproduces (restored, or the fresh start)
 
     def save(step, position):
+        """Checkpoints the state at `step` (once: a step already saved is not
+        written again)."""
         nonlocal saved
+        if saved == step:
+            return
         window.drain()  # nothing non-finite goes into a checkpoint
         checkpoints.save(mngr, step, state, position, config, source.label_map)
         saved = step
@@ -217,8 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             if shape not in executed_shapes:
                 # its first step compiles (minutes on a pod): checkpoint first, so
                 # that a SIGTERM meanwhile loses nothing and exits at once
-                if saved != cur:
-                    save(cur, position)
+                save(cur, position)
                 preempt.clean(cur)
                 executed_shapes.add(shape)
             preempt.dirty()
@@ -254,8 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                 return {'preempted_at': done}
             if config.train.eval_every > 0 and done % config.train.eval_every == 0 \
                     and done != total_steps:
-                if saved != done:
-                    save(done, dict(pipeline.position))
+                save(done, dict(pipeline.position))
                 preempt.clean(done)
                 evaluate.run_eval(trainer, state, val_source, workdir, done, writer)
         preempt.clean(saved)
@@ -263,7 +265,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         if val_source is not None:
             result = evaluate.run_eval(trainer, state, val_source, workdir, int(state.step),
                                        writer)
-        mngr.wait_until_finished()
         writer.flush()
     finally:
         mngr.wait_until_finished()

@@ -5,8 +5,9 @@ pictures to the bucket; killed with SIGKILL it resumes from the bucket to the
 parameters of an uninterrupted run.
 
 The emulator runs through `tests/gcs_emulator.py` (it adds the generation
-header real GCS sends and tensorstore needs). Pointed at it: epath through fsspec/gcsfs (`EPATH_USE_TF=false`,
-`STORAGE_EMULATOR_HOST`) and orbax's arrays through tensorstore
+header real GCS sends and tensorstore needs). Pointed at it: epath through
+fsspec/gcsfs (`EPATH_USE_TF=false`, `STORAGE_EMULATOR_HOST`) and orbax's
+arrays through tensorstore
 (`TENSORSTORE_GCS_HTTP_URL`). TensorFlow's GCS file system has no endpoint
 setting, so TensorBoard goes to a local folder (`train.tensorboard_dir`); its
 bucket path is TensorFlow's own.
@@ -22,15 +23,10 @@ import time
 import numpy as np
 import pytest
 
+from test_shards import _free_port
 from test_train import _env, _train_cmd
 
 BUCKET = 'detr-test'
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')

@@ -12,20 +12,15 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
 import jax
 import numpy as np
 
+from test_preemption import _wait_for
+from test_shards import _free_port
 from test_train import CONFIG, ROOT, _params
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _env(devices):
@@ -70,16 +65,6 @@ def _finish(procs, timeout=900):
         with open(p.log) as f:
             assert p.returncode == 0, (out, f.read()[-3000:])
     return outs
-
-
-def _wait_for(proc, text, timeout=600):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        assert line, f'process ended before printing {text!r}'
-        if text in line:
-            return line
-    raise AssertionError(f'no {text!r} within {timeout}s')
 
 
 def _assert_close(a, b, tol=1e-5):
