@@ -34,7 +34,7 @@ def main(data_dir, steps, solver, coordinator=None, num_processes=1, process_id=
     state = trainer.init_state(jax.random.PRNGKey(0))
     batch = to_global(rows, trainer.mesh)
     rng = jax.random.PRNGKey(1)
-    hlo = trainer.train_step.lower(state, batch, rng).compile().as_text()
+    hlo = '\n'.join(c.as_text() for c in trainer.train_step.compile(state, batch, rng).values())
     for _ in range(3):
         state, m = trainer.train_step(state, batch, rng)
     m['loss'].block_until_ready()

@@ -86,17 +86,23 @@ def weight_dict(loss_cfg, num_aux=0, masks=False):
     return out
 
 
-def match_all_layers(outputs, targets, matcher_cfg, mesh=None):
-    """Query index per target [L, B, M]; layer L-1 is the final output."""
+def matching_costs(outputs, targets, matcher_cfg):
+    """The matching cost of every decoder layer [L, B, Q, M]
+    (`matching.matching_cost`); layer L-1 is the final output."""
     layers = list(outputs.get('aux_outputs', [])) + [outputs]
     logits = jnp.stack([o['pred_logits'] for o in layers])
     boxes = jnp.stack([o['pred_boxes'] for o in layers])
-    cost = matching_cost(logits, boxes, targets['labels'][None], targets['boxes'][None],
+    return matching_cost(logits, boxes, targets['labels'][None], targets['boxes'][None],
                          targets['valid'][None], matcher_cfg)
-    return match(cost, targets['valid'], matcher_cfg['solver'], mesh)
 
 
-def set_criterion(outputs, targets, config, mesh=None):
+def match_all_layers(outputs, targets, matcher_cfg, mesh=None):
+    """Query index per target [L, B, M]; layer L-1 is the final output."""
+    return match(matching_costs(outputs, targets, matcher_cfg), targets['valid'],
+                 matcher_cfg['solver'], mesh)
+
+
+def set_criterion(outputs, targets, config, mesh=None, idx=None):
     """DETR's loss. Returns (total, metrics).
 
     outputs: `pred_logits` [B, Q, C+1], `pred_boxes` [B, Q, 4] (cxcywh),
@@ -107,13 +113,16 @@ def set_criterion(outputs, targets, config, mesh=None):
       `loss` (ce, bbox, giou, mask, dice, eos_coef).
     mesh: the device mesh of a sharded batch ('data' axis), for the scipy
       solver to run per shard.
+    idx: the assignment [L, B, M] (`match_all_layers`) when it is computed
+      elsewhere (the train step's `match` program); no stop_gradient needed.
     metrics holds every unweighted term (loss_ce, loss_bbox, loss_giou,
     loss_mask, loss_dice, cardinality_error, class_error, `_{i}` for aux
     layer i) and `loss` (the weighted total).
     """
     loss_cfg, matcher_cfg = config['loss'], config['matcher']
     aux = list(outputs.get('aux_outputs', []))
-    idx = match_all_layers(outputs, targets, matcher_cfg, mesh)
+    if idx is None:
+        idx = match_all_layers(outputs, targets, matcher_cfg, mesh)
     num_boxes = jnp.maximum(targets['valid'].sum().astype(jnp.float32), 1.0)
     metrics = {}
     for i, out in enumerate(aux + [outputs]):

@@ -179,6 +179,32 @@ def host_transfers(hlo_text):
     return found
 
 
+class Programs:
+    """Compiled programs that run one after another (the train step's
+    forward, match and update), seen as one compiled step: its HBM is that
+    of the program that needs most (each holds what passes to the next as
+    outputs or arguments), its FLOPs and bytes are their sums, its HLO is
+    theirs together."""
+
+    def __init__(self, compiled):
+        self.compiled = dict(compiled)
+
+    def memory_analysis(self):
+        return max((c.memory_analysis() for c in self.compiled.values()), key=_hbm_total)
+
+    def cost_analysis(self):
+        total = {'flops': 0.0, 'bytes accessed': 0.0}
+        for c in self.compiled.values():
+            cost = c.cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+            for k in total:
+                total[k] += float(cost.get(k, 0.0))
+        return total
+
+    def as_text(self):
+        return '\n'.join(c.as_text() for c in self.compiled.values())
+
+
 @dataclasses.dataclass
 class StepPlan:
     step: str                 # 'train' | 'eval'
@@ -271,26 +297,25 @@ class Planner:
             batch['masks'] = spec((b, m, h, w), jnp.bool_)
         return batch
 
-    def lower(self, step, per_chip):
+    def compile(self, step, per_chip):
+        """The compiled step: the eval step's program, or the train step's
+        three (`trainer.TrainStep.compile`) seen as one (`Programs`)."""
         trainer, config = self._trainer(per_chip)
         batch = self._batch(step, per_chip, config)
         if step == 'train':
             rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated(self.mesh))
-            return trainer.train_step.lower(trainer.abstract_state, batch, rng)
-        return trainer.eval_step.lower(trainer.abstract_state.eval_variables(), batch)
+            return Programs(trainer.train_step.compile(trainer.abstract_state, batch, rng))
+        return trainer.eval_step.lower(trainer.abstract_state.eval_variables(), batch).compile()
 
     def compile_all(self, jobs):
         """[(step, per_chip)] -> [(compiled, or None when it does not fit in
-        HBM, seconds)]. Lowered one by one, compiled concurrently (the TPU
-        compiler runs on one core per compilation). The compiler's
-        out-of-memory message is kept in `self.out_of_memory[(step,
-        per_chip)]`."""
-        lowered = [self.lower(step, per_chip) for step, per_chip in jobs]
-
-        def compile_one(job, low):
+        HBM, seconds)], compiled concurrently (the TPU compiler runs on one
+        core per compilation). The compiler's out-of-memory message is kept
+        in `self.out_of_memory[(step, per_chip)]`."""
+        def compile_one(job):
             t0 = time.time()
             try:
-                return low.compile(), time.time() - t0
+                return self.compile(*job), time.time() - t0
             except Exception as e:  # XLA:TPU's out-of-memory is a compile error
                 if 'RESOURCE_EXHAUSTED' in str(e) or 'Ran out of memory' in str(e):
                     self.out_of_memory[job] = _oom_summary(e)
@@ -298,7 +323,7 @@ class Planner:
                 raise
         workers = max(1, min(len(jobs), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(compile_one, jobs, lowered))
+            return list(pool.map(compile_one, jobs))
 
     def describe(self, step, per_chip, compiled, seconds):
         """The StepPlan of one compiled step."""

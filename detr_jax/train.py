@@ -8,6 +8,7 @@ the latest one by itself; SIGTERM writes one before exiting; a non-finite
 loss stops the run naming the step and the terms, and writes nothing.
 """
 import collections
+import contextlib
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers, periodic_actions
 
-from detr_jax import checkpoints, console, evaluate
+from detr_jax import checkpoints, compilations, console, evaluate
 from detr_jax.config_defaults import validate_config, with_classes_of
 from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import TRAIN_STEP_KEYS, InputPipeline, split_batch
@@ -46,7 +47,7 @@ def batch_like(gbatch, hw):
 
 
 def precompile(step_fn, state, gbatch, rng, buckets, threads=None):
-    """Compiles the train step for every bucket shape at once, in parallel
+    """Compiles the train step (`trainer.TrainStep`) for every bucket shape at once, in parallel
     threads (XLA compiles a program on one core), into JAX's persistent
     compilation cache; the loop's first call per shape then loads it from
     there. (Calling the compiled executables directly instead would cost ~15%
@@ -60,16 +61,16 @@ def precompile(step_fn, state, gbatch, rng, buckets, threads=None):
     threads = threads or min(len(buckets), os.cpu_count() or 1)
 
     def one(hw):
-        step_fn.lower(state, batch_like(gbatch, hw), rng).compile()
+        step_fn.compile(state, batch_like(gbatch, hw), rng)
         return hw
 
     console.say(f'compiling the train step for {len(buckets)} bucket shapes (kept in the '
                 f'compilation cache: {jax.config.jax_compilation_cache_dir})')
     t = time.time()
-    with ThreadPoolExecutor(max(1, threads)) as pool:
+    with ThreadPoolExecutor(max(1, threads)) as pool, compilations.record() as rec:
         done = list(pool.map(one, buckets))
-    logging.info('compiled the train step for %d shapes in %.0fs (%d threads)', len(done),
-                 time.time() - t, threads)
+    console.say(f'{len(done)} shapes in {time.time() - t:.0f} s ({threads} threads): '
+                f'{rec.summary()}')
     return done
 
 
@@ -218,15 +219,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                 precompile(trainer.train_step, state, gbatch, step_rng,
                            [b for b, _ in pipeline.plan(epoch)])
             shape = tuple(gbatch['images'].shape[1:3])
-            if shape not in executed_shapes:
+            new_shape = shape not in executed_shapes
+            if new_shape:
                 # its first step compiles (minutes on a pod): checkpoint first, so
                 # that a SIGTERM meanwhile loses nothing and exits at once
                 save(cur, position)
                 preempt.clean(cur)
                 executed_shapes.add(shape)
             preempt.dirty()
-            with jax.profiler.StepTraceAnnotation('train', step_num=cur):
+            with jax.profiler.StepTraceAnnotation('train', step_num=cur), \
+                    (compilations.record() if new_shape else contextlib.nullcontext()) as rec:
                 state, metrics = trainer.train_step(state, gbatch, step_rng)
+            if new_shape:
+                since = f'; step {cur} began {time.time() - t_start:.1f} s into the run' \
+                    if cur == first else ''
+                console.say(f'train step for {shape[0]}x{shape[1]} images: {rec.summary()}{since}')
             done = cur + 1
             window.add(done, metrics)
             for h in hooks:

@@ -3,7 +3,7 @@ the sharded train state and the jitted train and eval steps.
 
 Everything that trains or evaluates a model (the training loop,
 `--mode=eval`, the tests, `benchmarks/`) builds them here, with
-`build_trainer`; nobody else jits `train_step`.
+`build_trainer`; nobody else jits the train step's programs.
 
 Batches the steps take (global jax.Arrays sharded on 'data'; the keys the
 input pipeline declares in `data.pipeline.TRAIN_STEP_KEYS` and
@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from detr_jax.data.normalize import normalize
-from detr_jax.losses import set_criterion
+from detr_jax.losses import matching_costs, set_criterion
+from detr_jax.matching import match
 from detr_jax.models import build_model
 from detr_jax.optim import build_optimizer
 from detr_jax.postprocess import detections
@@ -50,28 +51,38 @@ class TrainState:
         return {'params': self.ema_params or self.params, 'batch_stats': self.batch_stats}
 
 
-def train_step(state, batch, rng, *, model, config, tx, mesh, norm_trainable):
-    """One optimizer step -> (state, metrics). Pure; `build_trainer` jits it.
-
-    `norm_trainable`: the backbone's normalization keeps running statistics
-    (`model.norm == 'bn'`), which the step updates."""
+def forward_step(state, batch, rng, *, model, config, mesh, norm_trainable):
+    """The train step's first program: the model's outputs, their `pullback`
+    to the parameters (`jax.vjp`: its residuals are the activations the
+    backward pass needs), the updated batch statistics ({} unless
+    `norm_trainable`: `model.norm == 'bn'`) and the matching costs [L, B, Q,
+    M] (`losses.matching_costs`), split on 'data' over the batch axis."""
     rng = jax.random.fold_in(rng, state.step)
     mask = batch['pixel_mask']
     images = normalize(batch['images'], mask)
-    targets = {k: batch[k] for k in ('labels', 'boxes', 'valid', 'masks') if k in batch}
 
-    def loss_fn(params):
+    def apply(params):
         variables = {'params': params, 'batch_stats': state.batch_stats}
         if norm_trainable:
-            out, upd = model.apply(variables, images, mask, train=True, rngs={'dropout': rng},
-                                   mutable=['batch_stats'])
-        else:
-            out, upd = model.apply(variables, images, mask, train=True,
-                                   rngs={'dropout': rng}), {}
-        loss, metrics = set_criterion(out, targets, config, mesh=mesh)
-        return loss, (metrics, upd)
+            return model.apply(variables, images, mask, train=True, rngs={'dropout': rng},
+                               mutable=['batch_stats'])
+        return model.apply(variables, images, mask, train=True, rngs={'dropout': rng}), {}
 
-    (loss, (metrics, upd)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    out, pullback, upd = jax.vjp(apply, state.params, has_aux=True)
+    cost = matching_costs(out, _targets(batch), config.matcher)
+    cost = jax.lax.with_sharding_constraint(cost, NamedSharding(mesh, P(None, 'data')))
+    return out, pullback, upd, cost
+
+
+def update_step(state, batch, out, pullback, upd, idx, *, config, tx, norm_trainable):
+    """The train step's last program: the set loss of `out` under the
+    assignment `idx` [L, B, M], its gradient through `pullback`, the
+    optimizer and EMA updates -> (state, metrics)."""
+    def loss_fn(outputs):
+        return set_criterion(outputs, _targets(batch), config, idx=idx)
+
+    (loss, metrics), out_grads = jax.value_and_grad(loss_fn, has_aux=True)(out)
+    (grads,) = pullback(out_grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     batch_stats = upd.get('batch_stats', state.batch_stats) if norm_trainable else state.batch_stats
@@ -83,6 +94,55 @@ def train_step(state, batch, rng, *, model, config, tx, mesh, norm_trainable):
         ema_params = ema_update(ema_params, params, state.step + 1, config.train.ema_decay)
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state, ema_params=ema_params), metrics
+
+
+def _targets(batch):
+    return {k: batch[k] for k in ('labels', 'boxes', 'valid', 'masks') if k in batch}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """One optimizer step, `step(state, batch, rng) -> (state, metrics)`, as
+    three jitted programs run back to back (dispatched asynchronously: the
+    host does not wait for any of them):
+
+    - `forward(state, batch, rng) -> (out, pullback, upd, cost)`
+      (`forward_step`);
+    - `match(cost, valid) -> idx` [L, B, M], the Hungarian assignment
+      (`matching.match`, each device's rows solved where they live);
+    - `update(state, batch, out, pullback, upd, idx) -> (state, metrics)`
+      (`update_step`), which donates the state.
+
+    Why three: the scipy solver is a host callback, and JAX never writes a
+    program with a host callback to its persistent compilation cache. Kept
+    apart, the two large programs load from the cache on every restart and
+    only `match` (a callback and nothing else: milliseconds) compiles
+    again. The values are those of one fused `jax.value_and_grad` step up
+    to float rounding (the set loss's gradient reaches the parameters
+    through the same `jax.vjp`)."""
+    forward: Callable
+    match: Callable
+    update: Callable
+
+    def __call__(self, state, batch, rng):
+        out, pullback, upd, cost = self.forward(state, batch, rng)
+        idx = self.match(cost, batch['valid'])
+        return self.update(state, batch, out, pullback, upd, idx)
+
+    def compile(self, state, batch, rng):
+        """Compiles the three programs for these arguments (arrays or
+        `jax.ShapeDtypeStruct`s with shardings) -> {'forward', 'match',
+        'update'}: `jax.stages.Compiled` each. What the run will call, so
+        a persistent compilation cache then holds the two cacheable ones."""
+        forward = self.forward.lower(state, batch, rng).compile()
+        out, pullback, upd, cost = jax.tree_util.tree_map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            jax.eval_shape(self.forward, state, batch, rng), forward.output_shardings)
+        match = self.match.lower(cost, batch['valid']).compile()
+        idx = jax.ShapeDtypeStruct(cost.shape[:2] + cost.shape[3:], jnp.int32,
+                                   sharding=match.output_shardings)
+        update = self.update.lower(state, batch, out, pullback, upd, idx).compile()
+        return {'forward': forward, 'match': match, 'update': update}
 
 
 def ema_update(ema, params, step, decay):
@@ -103,7 +163,7 @@ def eval_step(variables, batch, *, model):
 @dataclasses.dataclass(frozen=True)
 class Trainer:
     """What `build_trainer` makes. `train_step(state, batch, rng) -> (state,
-    metrics)` donates its state and keeps it replicated; `eval_step(variables,
+    metrics)` (a `TrainStep`) donates its state and keeps it replicated; `eval_step(variables,
     batch) -> detections`; `lr_schedules` = (lr, backbone lr) as functions of
     the optimizer update count."""
     config: ml_collections.ConfigDict
@@ -112,7 +172,7 @@ class Trainer:
     tx: optax.GradientTransformation
     lr_schedules: Tuple[Callable, Callable]
     state_shardings: TrainState
-    train_step: Callable
+    train_step: TrainStep
     eval_step: Callable
     # the state's shapes, dtypes and shardings (what checkpoints restore into)
     abstract_state: TrainState
@@ -142,9 +202,14 @@ def build_trainer(config, mesh, steps_per_epoch, total_steps=None):
 
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
     shardings = jax.tree_util.tree_map(lambda _: replicated(mesh), abstract)
-    step = jax.jit(functools.partial(train_step, model=model, config=config, tx=tx, mesh=mesh,
-                                     norm_trainable=config.model.norm == 'bn'),
-                   donate_argnums=(0,), out_shardings=(shardings, replicated(mesh)))
+    norm_trainable = config.model.norm == 'bn'
+    step = TrainStep(
+        forward=jax.jit(functools.partial(forward_step, model=model, config=config, mesh=mesh,
+                                          norm_trainable=norm_trainable)),
+        match=jax.jit(functools.partial(match, solver=config.matcher.solver, mesh=mesh)),
+        update=jax.jit(functools.partial(update_step, config=config, tx=tx,
+                                         norm_trainable=norm_trainable),
+                       donate_argnums=(0,), out_shardings=(shardings, replicated(mesh))))
     return Trainer(config=config, mesh=mesh, model=model, tx=tx, lr_schedules=schedules,
                    state_shardings=shardings, train_step=step,
                    eval_step=jax.jit(functools.partial(eval_step, model=model)),
