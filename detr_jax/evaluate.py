@@ -15,7 +15,7 @@ from detr_jax import checkpoints, console
 from detr_jax.config_defaults import validate_config
 from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import EVAL_STEP_KEYS, eval_batches, split_batch
-from detr_jax.paths import as_path, tensorboard_dir, write_json, write_png
+from detr_jax.paths import as_path, metric_writer, write_json, write_png
 from detr_jax.sharding import make_mesh, to_global, to_host
 
 AP_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')
@@ -141,7 +141,6 @@ def evaluate_checkpoint(workdir, config=None, overrides=None):
     `config.train.init_from` (a converted or official checkpoint) with
     `config`. Class ids come from the label map stored with the weights."""
     import ml_collections
-    from clu import metric_writers
     from detr_jax.convert import load_checkpoint
     from detr_jax.trainer import TrainState, build_trainer
     if checkpoints.is_workdir(workdir):
@@ -163,8 +162,7 @@ def evaluate_checkpoint(workdir, config=None, overrides=None):
     if config.model.num_classes is None:
         config.model.num_classes = source.num_classes
     trainer = build_trainer(config, make_mesh(), steps_per_epoch=1)
-    writer = metric_writers.create_default_writer(tensorboard_dir(config, workdir),
-                                                  just_logging=jax.process_index() > 0)
+    writer = metric_writer(config, workdir)
     state = TrainState(step=jnp.asarray(step), params=variables['params'],
                        batch_stats=variables.get('batch_stats', {}), opt_state=None)
     metrics = run_eval(trainer, state, source, workdir, step, writer)

@@ -11,23 +11,26 @@ Pointing at a GCS emulator (what the tests do): `EPATH_USE_TF=false`,
 `STORAGE_EMULATOR_HOST=http://HOST:PORT` (gcsfs) and
 `TENSORSTORE_GCS_HTTP_URL=http://HOST:PORT` (orbax's arrays). TensorFlow's
 own GCS file system, which TensorBoard's writer uses, has no endpoint
-setting: with an emulator, TensorBoard goes to `--config.train.tensorboard_dir`.
+setting: with an emulator, TensorBoard goes to `--config.train.tensorboard_dir`
+(`metric_writer`).
 """
 import io
 import json
 import os
 
+import jax
 from etils import epath
-
-_URI = ('gs://', 's3://', 'az://', 'hf://', 'memory://', 'ram://')
-
 
 def as_path(path) -> epath.Path:
     """`path` (str or path) as an epath.Path; local paths made absolute,
-    `~` expanded; bucket paths unchanged."""
+    `~` expanded; URIs (`gs://bucket/run`, `memory://x`) unchanged."""
     s = os.fspath(path)
-    if s.startswith(_URI):
-        return epath.Path(s)
+    if '://' in s:
+        try:
+            return epath.Path(s)
+        except KeyError:
+            raise ValueError(f'{s}: no file system for {s.split("://")[0]}:// here (epath reads '
+                             'local paths, gs://, s3://, az:// and memory://)') from None
     return epath.Path(os.path.abspath(os.path.expanduser(s)))
 
 
@@ -56,7 +59,18 @@ def write_png(path, image):
     path.write_bytes(buf.getvalue())
 
 
-def tensorboard_dir(config, workdir) -> str:
-    """Where TensorBoard's event files go: `config.train.tensorboard_dir`,
-    or the workdir when it is empty."""
-    return str(as_path(config.train.get('tensorboard_dir') or workdir))
+def metric_writer(config, workdir, asynchronous=False):
+    """The run's clu metric writer: the log, and on process 0 TensorBoard
+    event files in `config.train.tensorboard_dir` (the workdir when empty).
+    TensorFlow's file systems write those, so a URI is handed to them as it
+    is (`ram://` too, which epath, and so clu's `create_default_writer`,
+    cannot parse)."""
+    from clu import metric_writers
+    writers = [metric_writers.LoggingWriter()]
+    if jax.process_index() == 0:
+        logdir = os.fspath(config.train.get('tensorboard_dir') or workdir)
+        writers.append(metric_writers.SummaryWriter(
+            logdir if '://' in logdir else str(as_path(logdir))))
+    if asynchronous:
+        return metric_writers.AsyncMultiWriter(writers)
+    return metric_writers.MultiWriter(writers)

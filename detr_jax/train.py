@@ -16,7 +16,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 
 from detr_jax import checkpoints, compilations, console, evaluate
 from detr_jax.config_defaults import validate_config, with_classes_of
@@ -24,7 +24,7 @@ from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import TRAIN_STEP_KEYS, InputPipeline, split_batch
 from detr_jax.losses import weight_dict
 from detr_jax.optim import applied_lr
-from detr_jax.paths import as_path, tensorboard_dir
+from detr_jax.paths import as_path, metric_writer
 from detr_jax.preemption import Preemption
 from detr_jax.sharding import make_mesh, to_global
 from detr_jax.trainer import build_trainer
@@ -154,8 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     # the validation set in the training set's class indices (matched by category id)
     val_source = (build_source(config.data, 'val', label_map=source.label_map)
                   if config.train.eval_every != 0 else None)
-    writer = metric_writers.create_default_writer(
-        tensorboard_dir(config, workdir), just_logging=jax.process_index() > 0, asynchronous=True)
+    writer = metric_writer(config, workdir, asynchronous=True)
     pipeline = InputPipeline(source, config.data, jax.process_index(), jax.process_count(),
                              with_masks=bool(config.model.masks))
     steps_per_epoch = len(pipeline.plan(0))

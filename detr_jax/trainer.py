@@ -2,8 +2,10 @@
 the sharded train state and the jitted train and eval steps.
 
 Everything that trains or evaluates a model (the training loop,
-`--mode=eval`, the tests, `benchmarks/`) builds them here, with
-`build_trainer`; nobody else jits the train step's programs.
+`--mode=eval`, `detr-jax plan`, the tests, `benchmarks/`) builds them here,
+with `build_trainer`; nobody else jits the train step's programs. The train
+step is three programs (`TrainStep`: forward, match, update), so that the
+two large ones can be loaded from JAX's persistent compilation cache.
 
 Batches the steps take (global jax.Arrays sharded on 'data'; the keys the
 input pipeline declares in `data.pipeline.TRAIN_STEP_KEYS` and

@@ -137,3 +137,27 @@ def test_gs_workdir_resumes_after_sigkill_like_an_uninterrupted_run(tmp_path, em
     assert len(a.files) == len(b.files) > 50
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k])  # bitwise, as a local workdir resumes
+
+
+def test_tensorboard_goes_to_a_non_local_file_system(tmp_path):
+    """TensorBoard's writer cannot reach the emulator (above), so its path
+    handling is tested on TensorFlow's in-memory file system: the event
+    files land under `ram://`, not in a local folder named 'ram:'."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    import tiny_config
+    from detr_jax import train
+    c = tiny_config.get_config()
+    c.data.cache_dir = str(tmp_path / 'data')
+    c.train.update(max_steps=2, log_every=1, checkpoint_every=2, tensorboard_dir='ram://tb/run')
+    train.train_and_evaluate(c, str(tmp_path / 'wd'))
+    files = tf.io.gfile.glob('ram://tb/run/events.out.tfevents.*')
+    assert files
+    tags = set()
+    for record in tf.data.TFRecordDataset(files):
+        event = event_pb2.Event.FromString(record.numpy())
+        tags |= {(event.step, v.tag) for v in event.summary.value}
+    assert {(1, 'train/loss'), (2, 'train/loss'), (2, 'train/loss_giou')} <= tags, sorted(tags)
+    assert not os.path.exists(os.path.join(os.getcwd(), 'ram:'))
+    assert not list(tmp_path.glob('wd/events.out.tfevents.*'))

@@ -1,9 +1,10 @@
 """Several hosts, for real: two `jax.distributed` processes on 127.0.0.1
 (2 CPU devices each) training the tiny config through `detr_jax.main`.
 
-- Their parameters equal a one-process 4-device run's within 1e-5; their
-  checkpoint evaluates in one process (`--mode=eval`) and resumes on one
-  device to the 4-device run's parameters.
+- A run moved from one device to two processes and back has a one-process
+  4-device run's parameters within 1e-5; the two processes' checkpoint
+  evaluates in one process (`--mode=eval`).
+- Ten restarts of two processes in a row all start.
 - SIGTERM to one of them: both save the same step and exit within 30 s; the
   run resumes from there like an uninterrupted one.
 - SIGKILL to one: the other exits non-zero within the heartbeat timeout,
@@ -74,29 +75,48 @@ def _assert_close(a, b, tol=1e-5):
         np.testing.assert_allclose(x, y, atol=tol, rtol=tol)
 
 
-def test_two_processes_train_like_one_and_their_checkpoint_moves_to_one_device(tmp_path):
+def test_one_run_moves_between_one_device_and_two_processes_like_four_devices(tmp_path):
+    """1 process x 1 device (steps 0-4) -> 2 processes x 2 devices (4-8) ->
+    1 x 1 (8-12) against one process with 4 devices (0-12): the same
+    parameters at 8 and 12, so each restart read the batch the previous
+    topology would have read next."""
     cache = str(tmp_path / 'data')
     steps = ['--config.train.checkpoint_every=4', '--config.train.keep_checkpoints=5']
     ref = tmp_path / 'one_process_4_devices'
-    _one(ref, cache, 4, '--config.train.max_steps=8', *steps)
-    two = tmp_path / 'two_processes'
-    _finish(_start_two(two, cache, '--config.train.max_steps=4', *steps))
-    # step 4 of both (load_workdir reads any writer topology)
-    (s1, p1), (s2, p2) = _params(ref, 4), _params(two)
-    assert s1 == s2 == 4
+    _one(ref, cache, 4, '--config.train.max_steps=12', *steps)
+    run = tmp_path / 'moving'
+    _one(run, cache, 1, '--config.train.max_steps=4', *steps)
+    outs = _finish(_start_two(run, cache, '--config.train.max_steps=8', *steps))
+    assert 'resumed from step 4' in outs[0]
+    (s1, p1), (s2, p2) = _params(ref, 8), _params(run)
+    assert s1 == s2 == 8
     for x, y in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
         np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
     # the two-process checkpoint evaluated by one process with one device
     ev = tmp_path / 'eval_copy'
-    shutil.copytree(two, ev)
+    shutil.copytree(run, ev)
     r = subprocess.run([os.sys.executable, '-m', 'detr_jax.main', f'--workdir={ev}',
                         '--mode=eval'], env=_env(1), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (ev / 'eval' / 'metrics_4.json').exists()
-    # ... and resumed by one process with one device: the 4-device run's step 8
-    r = _one(two, cache, 1, '--config.train.max_steps=8', *steps)
-    assert 'resumed from step 4' in r.stdout
-    _assert_close(ref, two)
+    assert (ev / 'eval' / 'metrics_8.json').exists()
+    # ... and resumed by one process with one device: the 4-device run's step 12
+    r = _one(run, cache, 1, '--config.train.max_steps=12', *steps)
+    assert 'resumed from step 8' in r.stdout
+    _assert_close(ref, run)
+
+
+def test_ten_restarts_of_two_processes_all_start(tmp_path):
+    """Each start trains one step: ten rendezvous in a row, none timing out
+    (gloo's 30 s: the processes reach their first collective together
+    because both load the same programs from the compilation cache)."""
+    cache = str(tmp_path / 'data')
+    wd = tmp_path / 'wd'
+    for step in range(1, 11):
+        outs = _finish(_start_two(wd, cache, f'--config.train.max_steps={step}',
+                                  '--config.train.checkpoint_every=1'), timeout=300)
+        if step > 1:
+            assert f'resumed from step {step - 1}' in outs[0], outs[0][-2000:]
+    assert _params(wd)[0] == 10
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):

@@ -74,12 +74,19 @@ def test_cli_plans_tiny_train_and_eval_for_v5e(cli_plans):
         assert p['step_time_lower_bound_s'] == pytest.approx(expected)
         assert p['images_per_s_upper_bound'] == pytest.approx(8 / expected)
         assert p['epoch_time_lower_bound_s'] == pytest.approx(118287 * expected / 8)
-    # the train step does more than the eval step and updates the state in
-    # place (donated), with the gradients' all-reduce; evaluation needs none
-    assert train['flops_per_chip'] > 2 * ev['flops_per_chip']
+    # the train step (forward and backward; stem and layer1 frozen) does more
+    # than the eval step and updates the state in place (donated), with the
+    # gradients' all-reduce; evaluation needs none
+    assert train['flops_per_chip'] > 1.5 * ev['flops_per_chip']
     assert train['hbm_alias_bytes'] > 0 and ev['hbm_alias_bytes'] == 0
-    assert train['collectives']['all-reduce']['count'] >= 1
     assert ev['collectives'] == {}
+    # what a TPU run wants: the TPU compiler combines the gradients of every
+    # parameter array into one all-reduce (beside two of scalars: the loss's
+    # normalizers), and nothing is gathered (the matching costs stay on
+    # their chips, below)
+    assert set(train['collectives']) == {'all-reduce'}, train['collectives']
+    assert train['collectives']['all-reduce']['count'] <= 3, train['collectives']
+    assert train['collectives']['all-reduce']['bytes'] >= 0.5 * _param_bytes()
     # the schedule: the tiny config stops after 6 steps
     assert train['schedule_time_lower_bound_s'] == pytest.approx(
         6 * train['step_time_lower_bound_s'])
@@ -92,9 +99,18 @@ def test_cli_plans_tiny_train_and_eval_for_v5e(cli_plans):
     assert ev['host_transfers'] == []
 
 
+def _param_bytes():
+    """f32 bytes of the tiny config's parameters."""
+    from detr_jax.models import build_model
+    c = tiny_config.get_config()
+    shapes = jax.eval_shape(lambda: build_model(c.model).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 96, 96, 3)), jnp.ones((1, 96, 96), bool)))
+    return sum(4 * x.size for x in jax.tree_util.tree_leaves(shapes['params']))
+
+
 def test_multi_host_topology_and_hbm_growing_with_the_batch():
     """v5e:4x4 is 16 chips on 4 hosts; more images per chip need more HBM
-    and more bytes, the state (arguments) stays."""
+    and more bytes."""
     devices = plan.topology_devices('v5e:4x4')
     assert len(devices) == 16 and len({d.process_index for d in devices}) == 4
     one, = plan.plan_config(tiny_config.get_config(), 'v5e:4x4', per_chip=1, steps=('train',), fit=False,
@@ -104,7 +120,9 @@ def test_multi_host_topology_and_hbm_growing_with_the_batch():
     assert one.chips == three.chips == 16
     assert three.hbm_temp_bytes > one.hbm_temp_bytes
     assert three.hbm_bytes_per_chip > one.hbm_bytes_per_chip
-    assert three.hbm_argument_bytes - one.hbm_argument_bytes < 0.01 * one.hbm_argument_bytes + 2e6
+    # the update program, which needs most, takes the forward's activations
+    # as arguments (`plan.Programs`)
+    assert three.hbm_argument_bytes > one.hbm_argument_bytes
     assert three.bytes_accessed_per_chip > one.bytes_accessed_per_chip
     assert 'all-reduce' in three.collectives
 
