@@ -15,7 +15,7 @@ from detr_jax import checkpoints, console
 from detr_jax.config_defaults import validate_config
 from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import EVAL_STEP_KEYS, eval_batches, split_batch
-from detr_jax.paths import as_path, metric_writer, write_json, write_png
+from detr_jax.paths import as_path, metric_writer, read_json, write_json, write_png
 from detr_jax.sharding import make_mesh, to_global, to_host
 
 AP_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')
@@ -74,11 +74,8 @@ def coco_ap(ground_truth, results, image_ids=None, out_json=None):
         write_json(out_json, results)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        if isinstance(ground_truth, dict):
-            gt = _coco(ground_truth)
-        else:
-            from pycocotools.coco import COCO
-            gt = COCO(ground_truth)
+        # a path: read through epath (the TFDS index's json may be in a bucket)
+        gt = _coco(ground_truth if isinstance(ground_truth, dict) else read_json(ground_truth))
         if results:
             dt = gt.loadRes(copy.deepcopy(results))  # loadRes edits its input
         else:

@@ -2,7 +2,9 @@
 
 Every path of a workdir (checkpoints and their metadata, `eval/*.json`,
 prediction pictures, TensorBoard) and of a converted checkpoint is an
-`etils.epath.Path`, the type orbax uses. `gs://bucket/run` stays a bucket
+`etils.epath.Path`, the type orbax uses; so are the data paths that may be
+in a bucket (COCO-format json and images, `data.cache_dir`: the synthetic
+set, the TFDS index). `gs://bucket/run` stays a bucket
 path: epath reaches it through TensorFlow's file systems (or through fsspec
 and gcsfs with `EPATH_USE_TF=false`), orbax writes the arrays through
 tensorstore. A local path is made absolute (orbax requires it).

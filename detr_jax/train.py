@@ -128,11 +128,33 @@ class _Metrics:
         return out, n
 
 
-def _enable_compilation_cache():
-    """JAX's persistent compilation cache (bucket shapes compile once per
-    machine, not once per run), unless the user configured one."""
+def _compile_in_step(trainer, state, gbatch, rng, shape):
+    """Several processes: each compiles (or loads) the step's programs,
+    then all wait for the last before any runs it. The first collective
+    opens the CPU collectives' connections, which give a late peer 30 s;
+    one process loading a program from the cache while another compiles it
+    (JAX's CPU cache keys differ per process) would miss that by minutes.
+    The barrier is the coordination service's (no collective)."""
+    from orbax.checkpoint import multihost
+    trainer.train_step.compile(state, gbatch, rng)  # kept for the call that follows
+    multihost.sync_global_processes(f'detr_jax: train step {shape[0]}x{shape[1]} compiled',
+                                    timeout=COMPILE_BARRIER_TIMEOUT_S,
+                                    processes=set(range(jax.process_count())))
+
+
+# how long processes wait for the slowest one's compilation
+COMPILE_BARRIER_TIMEOUT_S = 3600
+
+
+def _enable_compilation_cache(workdir):
+    """JAX's persistent compilation cache, unless the user configured one.
+    With a workdir in a bucket: `<workdir>/jit_cache`, which every host of
+    a slice and every restart reads (only process 0 writes the cache, so a
+    cache on each VM's disk would serve process 0 alone); else
+    ~/.cache/detr_jax/jit (bucket shapes compile once per machine)."""
     if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-        path = os.path.join(os.path.expanduser('~'), '.cache', 'detr_jax', 'jit')
+        path = (str(workdir / 'jit_cache') if '://' in str(workdir) else
+                os.path.join(os.path.expanduser('~'), '.cache', 'detr_jax', 'jit'))
         jax.config.update('jax_compilation_cache_dir', path)
         jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
@@ -147,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     workdir = as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     validate_config(config)
-    _enable_compilation_cache()
+    _enable_compilation_cache(workdir)
     mesh = make_mesh()
     source = build_source(config.data, 'train')
     config = with_classes_of(config, source)
@@ -228,6 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             preempt.dirty()
             with jax.profiler.StepTraceAnnotation('train', step_num=cur), \
                     (compilations.record() if new_shape else contextlib.nullcontext()) as rec:
+                if new_shape and jax.process_count() > 1:
+                    _compile_in_step(trainer, state, gbatch, step_rng, shape)
                 state, metrics = trainer.train_step(state, gbatch, step_rng)
             if new_shape:
                 since = f'; step {cur} began {time.time() - t_start:.1f} s into the run' \

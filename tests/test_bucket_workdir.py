@@ -1,7 +1,9 @@
 """A workdir on a real object store: a GCS emulator (`gcp-storage-emulator`,
 from the test extra) started here on 127.0.0.1. Training with
 `--workdir=gs://bucket/run` writes its checkpoints, evaluation json and
-pictures to the bucket; killed with SIGKILL it resumes from the bucket to the
+pictures to the bucket (and with `--config.data.cache_dir=gs://...` the
+synthetic set, which it then reads from there, and JAX's compilation
+cache); killed with SIGKILL it resumes from the bucket to the
 parameters of an uninterrupted run.
 
 The emulator runs through `tests/gcs_emulator.py` (it adds the generation
@@ -14,6 +16,7 @@ bucket path is TensorFlow's own.
 """
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -56,8 +59,10 @@ def emulator(tmp_path_factory):
 def bucket_env(emulator):
     """The environment of processes that talk to the emulator (this one
     does not: epath caches its choice of backend for the process)."""
-    return dict(_env(), EPATH_USE_TF='false', STORAGE_EMULATOR_HOST=emulator,
-                TENSORSTORE_GCS_HTTP_URL=emulator)
+    env = dict(_env(), EPATH_USE_TF='false', STORAGE_EMULATOR_HOST=emulator,
+               TENSORSTORE_GCS_HTTP_URL=emulator)
+    env.pop('JAX_COMPILATION_CACHE_DIR', None)  # the run's default: <workdir>/jit_cache
+    return env
 
 
 # what a user's script reads back from the bucket: the eval folder and the
@@ -96,14 +101,28 @@ def _steps(endpoint, run):
     return {int(n.split('/')[2]) for n in names if n.split('/')[2].isdigit()}
 
 
+def _objects(endpoint, prefix):
+    """The base names of the objects under gs://BUCKET/prefix."""
+    import urllib.parse
+    import urllib.request
+    q = urllib.parse.urlencode({'prefix': prefix})
+    with urllib.request.urlopen(f'{endpoint}/storage/v1/b/{BUCKET}/o?{q}', timeout=10) as r:
+        return {o['name'].rsplit('/', 1)[-1] for o in json.load(r).get('items', [])}
+
+
 def test_gs_workdir_resumes_after_sigkill_like_an_uninterrupted_run(tmp_path, emulator, bucket_env):
     cache = str(tmp_path / 'data')
     args = ['--config.train.max_steps=40', '--config.train.checkpoint_every=4',
             '--config.train.eval_every=-1', '--config.train.num_vis_images=2']
     full = f'gs://{BUCKET}/full'
-    r = subprocess.run(_cmd(full, cache, *args, f'--config.train.tensorboard_dir={tmp_path}/tb1'),
+    # this run's synthetic set is written to and read from the bucket; the
+    # other's is local, and they end bitwise equal
+    r = subprocess.run(_cmd(full, f'gs://{BUCKET}/data', *args,
+                            f'--config.train.tensorboard_dir={tmp_path}/tb1'),
                        env=bucket_env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert _objects(emulator, 'data/') >= {'instances_train.json', 'instances_val.json', 'DONE'}
+    assert not os.path.exists(cache)
     killed = f'gs://{BUCKET}/killed'
     cmd = _cmd(killed, cache, *args, f'--config.train.tensorboard_dir={tmp_path}/tb2')
     proc = subprocess.Popen(cmd, env=bucket_env, stdout=subprocess.DEVNULL,
@@ -122,6 +141,10 @@ def test_gs_workdir_resumes_after_sigkill_like_an_uninterrupted_run(tmp_path, em
     r = subprocess.run(cmd, env=bucket_env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'resumed from step' in r.stdout
+    # the restart loaded the train step from the compilation cache in the bucket
+    assert _objects(emulator, 'killed/jit_cache/')
+    assert re.search(r'^1 shapes in .*: 2 programs loaded from the compilation cache',
+                     r.stdout, re.M), r.stdout[-2000:]
     # nothing of the run landed on the local disk under a mangled 'gs:' folder
     assert not os.path.exists(os.path.join(os.getcwd(), 'gs:'))
     assert list((tmp_path / 'tb2').glob('events.out.tfevents.*'))

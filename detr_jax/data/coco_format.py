@@ -22,6 +22,8 @@ from typing import Callable, Dict, List, Optional, Union
 import numpy as np
 from PIL import Image
 
+from detr_jax.paths import as_path
+
 
 class DataError(ValueError):
     """Bad input data: names the file and the annotation or image."""
@@ -70,7 +72,7 @@ def _load_coco_json(path):
     """A COCO json (instances or panoptic): a DataError naming the file if it
     is missing, not JSON, or lacks "images" or "categories"."""
     try:
-        with open(path) as f:
+        with as_path(path).open() as f:
             data = json.load(f)
     except FileNotFoundError as e:
         raise DataError(f'{path}: annotation file not found') from e
@@ -104,7 +106,7 @@ def _is_size(v):
 def _header_size(path):
     """(h, w) of an image file as displayed (EXIF orientation applied), from
     its header: nothing is decoded."""
-    with Image.open(path) as im:
+    with as_path(path).open('rb') as f, Image.open(f) as im:
         w, h = im.size
         if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
             w, h = h, w

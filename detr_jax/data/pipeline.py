@@ -32,6 +32,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from detr_jax.data.coco_format import DataError, Source
+from detr_jax.paths import as_path
 from detr_jax.data.transforms import (Params, choose_bucket, eval_resize_params,
                                       sample_train_params, transform_boxes)
 
@@ -129,12 +130,15 @@ def _to_rgb(im, exif=True):
 
 
 def _open(x, exif=True):
-    """An image file path, encoded bytes, or an already decoded array.
+    """An image file path (local or a URI: `paths.as_path`), encoded bytes,
+    or an already decoded array.
     `exif=False` keeps the stored orientation (TFDS: its boxes are relative
     to the stored pixels, and TFDS's own decoder ignores EXIF)."""
     if isinstance(x, np.ndarray):
         x = x if x.ndim == 3 else x[..., None]
         return np.broadcast_to(x, x.shape[:2] + (3,)).astype(np.uint8)
+    if isinstance(x, str) and '://' in x:  # a bucket
+        x = as_path(x).read_bytes()
     with Image.open(io.BytesIO(x) if isinstance(x, bytes) else x) as im:
         return _to_rgb(im, exif)
 

@@ -14,6 +14,7 @@ can score it and the COCO-format reader loads it like users' own data.
 """
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,8 @@ import tempfile
 
 import numpy as np
 from PIL import Image
+
+from detr_jax.paths import as_path
 
 # Bumped whenever rendering changes: cached exports are keyed by it.
 VERSION = 2
@@ -198,7 +201,14 @@ def write_coco(root, split, num_images, seed=0, min_size=96, max_size=160, max_o
     last images are rendered by `workers - 1` helper processes (fresh
     interpreters, so the caller's threads and __main__ are not involved).
     The output does not depend on it.
+
+    `root` may be a bucket (`gs://...`): the split is written in a local
+    temporary folder and copied there, its DONE marker last (hosts that
+    write it at once write the same bytes).
     """
+    if '://' in root:
+        return _write_coco_to_bucket(root, split, num_images, seed, min_size, max_size,
+                                     max_objects, progress, workers)
     final = os.path.join(root, split)
     if os.path.exists(os.path.join(final, 'DONE')):
         return _paths(final, split)
@@ -251,6 +261,22 @@ def write_coco(root, split, num_images, seed=0, min_size=96, max_size=160, max_o
         shutil.rmtree(final)
     os.replace(tmp, final)
     return _paths(final, split)
+
+
+def _write_coco_to_bucket(root, split, *args):
+    final = as_path(f'{root}/{split}')
+    if not (final / 'DONE').exists():
+        local = tempfile.mkdtemp(prefix=f'detr_jax_synthetic_{split}_')
+        try:
+            folder = pathlib.Path(write_coco(local, split, *args)['images']).parent
+            files = sorted(p for p in folder.rglob('*') if p.is_file() and p.name != 'DONE')
+            for p in files + [folder / 'DONE']:
+                dst = final / p.relative_to(folder).as_posix()
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(p.read_bytes())
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+    return _paths(f'{root}/{split}', split)
 
 
 def _paths(folder, split):

@@ -35,6 +35,7 @@ from PIL import Image
 
 from detr_jax.coco_categories import COCO_CATEGORIES
 from detr_jax.data.coco_format import DataError, Source
+from detr_jax.paths import as_path
 
 THING_IDS = tuple(i for i, _, thing in COCO_CATEGORIES if thing)
 ALL_IDS = tuple(i for i, _, _ in COCO_CATEGORIES)
@@ -244,10 +245,9 @@ def write_gt_json(path, index, categories):
                        'file_name': f'{image_id}.jpg'})
         for a in gt:
             anns.append(dict(a, id=len(anns) + 1, image_id=int(image_id)))
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-        json.dump({'images': images, 'annotations': anns, 'categories': categories}, f)
-    os.replace(tmp, path)
+    tmp = as_path(f'{path}.tmp{os.getpid()}')
+    tmp.write_text(json.dumps({'images': images, 'annotations': anns, 'categories': categories}))
+    tmp.rename(path)
 
 
 def load_tfds(name, split, data_dir='', on_bad_input='error', cache_dir='', ann_file='',
@@ -258,23 +258,21 @@ def load_tfds(name, split, data_dir='', on_bad_input='error', cache_dir='', ann_
     reader = TfdsReader(name, split, data_dir, tfds_decode)
     reader.open()
     cache_dir = cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'detr_jax', 'tfds')
-    os.makedirs(cache_dir, exist_ok=True)
+    as_path(cache_dir).mkdir(parents=True, exist_ok=True)
     path = _cache_path(cache_dir, reader, on_bad_input)
-    if os.path.exists(path):
-        with open(path, 'rb') as f:
-            index, skipped = pickle.load(f)
+    if as_path(path).exists():
+        index, skipped = pickle.loads(as_path(path).read_bytes())
         logging.info('%s %s: index from %s', name, reader.split, path)
     else:
         index, skipped = build_index(reader, on_bad_input)
-        tmp = f'{path}.tmp{os.getpid()}'
-        with open(tmp, 'wb') as f:
-            pickle.dump((index, skipped), f)
-        os.replace(tmp, path)
+        tmp = as_path(f'{path}.tmp{os.getpid()}')
+        tmp.write_bytes(pickle.dumps((index, skipped)))
+        tmp.rename(path)
     table = ALL_IDS if reader.panoptic else THING_IDS
     label_map = {i: {'id': i, 'name': _NAMES[i], 'isthing': i in THING_IDS} for i in table}
     if not ann_file:
         ann_file = path[:-4] + '_gt.json'
-        if not os.path.exists(ann_file):
+        if not as_path(ann_file).exists():
             write_gt_json(ann_file, index, [{'id': i, 'name': _NAMES[i]} for i in table])
     src = Source(f'{name}-{reader.split}',
                  [reader.describe(i) for i in index['index']],
