@@ -3,7 +3,7 @@
 markdown table and writes it into benchmarks/README.md between the
 BENCHMARKS markers (the project README carries a short summary by hand).
 
-  python benchmarks/run.py [--quick] [--no-table] [--only=forward,train,...,plan,processes]
+  python benchmarks/run.py [--quick] [--no-table] [--only=forward,train,...,plan,processes,restart]
 
 Needs the test extra (torch, transformers). Run on an otherwise idle machine.
 """
@@ -89,6 +89,39 @@ def bench_processes(rows, steps=40):
                  'same floats as one array', two['reduce_arrays_ms'], two['reduce_ms'],
                  f'{two["params"]} floats; one variadic all-reduce in the HLO, run operand by '
                  'operand by the CPU collectives'))
+
+
+def bench_restart(rows):
+    """The demo config's time from launch to its first train step: a first
+    start (an empty compilation cache: its 5 bucket shapes compile) against
+    a restart of the same run (they load from the cache; the scipy
+    matcher's small program compiles again: JAX never caches a host
+    callback)."""
+    import re
+    import tempfile
+    tmp = tempfile.mkdtemp()
+    env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu',
+               JAX_COMPILATION_CACHE_DIR=os.path.join(tmp, 'jit'))
+
+    def start(steps):
+        t = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, '-m', 'detr_jax.main', '--config=configs/demo.py',
+             f'--workdir={tmp}/run', f'--config.train.max_steps={steps}',
+             '--config.train.eval_every=0', '--config.data.num_train=64',
+             f'--config.data.cache_dir={tmp}/data'],
+            cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+        # the launch until the run itself starts (imports, data) is in the
+        # wall time; the loop reports how far into the run its step began
+        began = float(re.search(r'began ([0-9.]+) s into the run', out).group(1))
+        compiled = re.search(r'^\d+ shapes in .*$', out, re.M).group(0)
+        return began, time.perf_counter() - t, compiled
+    subprocess.run([sys.executable, '-c', 'import detr_jax'], cwd=ROOT, env=env, check=True)
+    first, first_wall, _ = start(1)
+    again, again_wall, compiled = start(2)
+    rows.append(('demo: launch to its first train step (s), restart vs first start',
+                 again, first, f'lower is better; 5 bucket shapes; restart: {compiled}; '
+                 f'whole process {again_wall:.0f} s vs {first_wall:.0f} s'))
 
 
 def machine():
@@ -465,12 +498,12 @@ def main():
     ap.add_argument('--no-table', action='store_true', help='print only; leave '
                     'benchmarks/README.md as it is')
     ap.add_argument('--only', default='', help='comma list: forward,train,matching,data,memory,'
-                    'plan,processes (plan: the TPU compiler, libtpu; ~20 min)')
+                    'plan,processes,restart (plan: the TPU compiler, libtpu; ~20 min)')
     a = ap.parse_args()
     reps = 3 if a.quick else 5
     hw = (384, 512) if a.quick else (800, 1066)
     only = set(a.only.split(',')) if a.only else {'forward', 'train', 'matching', 'data', 'memory',
-                                                   'plan', 'processes'}
+                                                   'plan', 'processes', 'restart'}
     import tempfile
     tmp = tempfile.mkdtemp()
     rows = Rows()
@@ -491,6 +524,8 @@ def main():
         bench_plan(rows)
     if 'processes' in only:
         bench_processes(rows)
+    if 'restart' in only:
+        bench_restart(rows)
     print(table(rows))
     if not a.no_table:
         if a.only and os.path.exists(TABLE_FILE):

@@ -10,7 +10,9 @@ topology that libtpu describes (no TPU needed: `pip install -e
 plan reports, per device:
 
 - HBM: arguments, temporaries, outputs (`compiled.memory_analysis()`)
-  against the chip's capacity;
+  against the chip's capacity (the train step runs as three programs,
+  `trainer.TrainStep`: its HBM is that of the one that needs most, its
+  FLOPs and bytes their sums; `Programs`);
 - FLOPs and bytes accessed per step (`compiled.cost_analysis()`);
 - the collectives in the compiled HLO (kind, count, bytes) and the host
   callbacks (the scipy matcher) with the shapes each device sends;
