@@ -120,7 +120,7 @@ def bench_restart(rows):
     first, first_wall, _ = start(1)
     again, again_wall, compiled = start(2)
     rows.append(('demo: launch to its first train step (s), restart vs first start',
-                 again, first, f'lower is better; 5 bucket shapes; restart: {compiled}; '
+                 again, first, f'lower is better; the restart: {compiled}; '
                  f'whole process {again_wall:.0f} s vs {first_wall:.0f} s'))
 
 

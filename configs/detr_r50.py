@@ -1,6 +1,6 @@
 """DETR R50, the paper's recipe on COCO 2017 (detection).
 
-Command (TPU VM, every worker: see launch/run_tpu.sh):
+Command (TPU VM, every worker: see launch/run.sh):
   python -m detr_jax.main --config=configs/detr_r50.py --workdir=gs://BUCKET/detr_r50 \
       --config.data.dataset=coco_folder --config.data.train_ann=...
       (or --config.data.dataset=tfds --config.data.tfds_data_dir=gs://...)
@@ -9,10 +9,12 @@ GPU); a 16-chip slice with 4 images per chip is the equivalent.
 Plan (`detr-jax plan --config=configs/detr_r50.py --topology=...`, 12-03: the
 train step at the largest bucket, 1248x1344, 4 images per chip, bf16; lower
 bounds from the compiler's counts at the chips' peak rates):
-  v5e:4x4 (16 chips): 4.79 GiB of HBM per chip of 16 (14 images fit); step
-    >= 102 ms (HBM-bound), one COCO epoch >= 3.1 min, 300 epochs >= 15.7 h.
-  v4:2x2x2 (16 TensorCores): 5.92 GiB per core of 16; step >= 140 ms, epoch
-    >= 4.3 min, 300 epochs >= 21.6 h.
+  v5e:4x4 (16 chips), the train step as three programs (12-03, session
+    13): 5.83 GiB of HBM per chip of 16; step >= 113 ms (HBM-bound), one
+    COCO epoch >= 3.5 min, 300 epochs >= 17.4 h. (As one fused program,
+    before: 4.79 GiB, 14 images fit, >= 102 ms, 15.7 h.)
+  v4:2x2x2 (16 TensorCores), the fused step: 5.92 GiB per core of 16; step
+    >= 140 ms, epoch >= 4.3 min, 300 epochs >= 21.6 h.
 Wall time on a TPU: not measured (no accelerator here).
 Expected: 42.0 box AP at 500 epochs, ~40.6 at 300
 (the original's README and paper).

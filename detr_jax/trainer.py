@@ -70,6 +70,11 @@ def forward_step(state, batch, rng, *, model, config, mesh, norm_trainable):
                                mutable=['batch_stats'])
         return model.apply(variables, images, mask, train=True, rngs={'dropout': rng}), {}
 
+    # what passes to `update` is only what a fused step would keep: the
+    # outputs of matmuls and convolutions; the elementwise rest (casts,
+    # masks, normalizations) is recomputed in the backward pass, as XLA
+    # fuses it there (saving every residual held ~5.6 GiB per image on R50)
+    apply = jax.checkpoint(apply, policy=jax.checkpoint_policies.dots_saveable)
     out, pullback, upd = jax.vjp(apply, state.params, has_aux=True)
     cost = matching_costs(out, _targets(batch), config.matcher)
     cost = jax.lax.with_sharding_constraint(cost, NamedSharding(mesh, P(None, 'data')))
