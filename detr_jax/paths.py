@@ -23,11 +23,16 @@ import os
 import jax
 from etils import epath
 
+def is_uri(path) -> bool:
+    """`gs://bucket/x`, `memory://x`, `ram://x`: not a local path."""
+    return '://' in os.fspath(path)
+
+
 def as_path(path) -> epath.Path:
     """`path` (str or path) as an epath.Path; local paths made absolute,
     `~` expanded; URIs (`gs://bucket/run`, `memory://x`) unchanged."""
     s = os.fspath(path)
-    if '://' in s:
+    if is_uri(s):
         try:
             return epath.Path(s)
         except KeyError:
@@ -72,7 +77,7 @@ def metric_writer(config, workdir, asynchronous=False):
     if jax.process_index() == 0:
         logdir = os.fspath(config.train.get('tensorboard_dir') or workdir)
         writers.append(metric_writers.SummaryWriter(
-            logdir if '://' in logdir else str(as_path(logdir))))
+            logdir if is_uri(logdir) else str(as_path(logdir))))
     if asynchronous:
         return metric_writers.AsyncMultiWriter(writers)
     return metric_writers.MultiWriter(writers)

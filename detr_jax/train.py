@@ -24,7 +24,7 @@ from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import TRAIN_STEP_KEYS, InputPipeline, split_batch
 from detr_jax.losses import weight_dict
 from detr_jax.optim import applied_lr
-from detr_jax.paths import as_path, metric_writer
+from detr_jax.paths import as_path, is_uri, metric_writer
 from detr_jax.preemption import Preemption
 from detr_jax.sharding import make_mesh, to_global
 from detr_jax.trainer import build_trainer
@@ -153,7 +153,7 @@ def _enable_compilation_cache(workdir):
     cache on each VM's disk would serve process 0 alone); else
     ~/.cache/detr_jax/jit (bucket shapes compile once per machine)."""
     if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-        path = (str(workdir / 'jit_cache') if '://' in str(workdir) else
+        path = (str(workdir / 'jit_cache') if is_uri(workdir) else
                 os.path.join(os.path.expanduser('~'), '.cache', 'detr_jax', 'jit'))
         jax.config.update('jax_compilation_cache_dir', path)
         jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)

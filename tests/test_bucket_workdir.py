@@ -89,25 +89,25 @@ def _cmd(workdir, cache_dir, *extra):
     return _train_cmd(workdir, cache_dir, *extra, '--mode=train_and_eval')
 
 
-def _steps(endpoint, run):
-    """Step folders under gs://BUCKET/run/checkpoints/, listed with the GCS
-    JSON API (gcsfs, like any fsspec file system, caches listings)."""
-    import json
+def _names(endpoint, prefix):
+    """The object names under gs://BUCKET/prefix, listed with the GCS JSON
+    API (gcsfs, like any fsspec file system, caches listings)."""
     import urllib.parse
     import urllib.request
-    q = urllib.parse.urlencode({'prefix': f'{run}/checkpoints/'})
+    q = urllib.parse.urlencode({'prefix': prefix})
     with urllib.request.urlopen(f'{endpoint}/storage/v1/b/{BUCKET}/o?{q}', timeout=10) as r:
-        names = [o['name'] for o in json.load(r).get('items', [])]
+        return [o['name'] for o in json.load(r).get('items', [])]
+
+
+def _steps(endpoint, run):
+    """Step folders under gs://BUCKET/run/checkpoints/."""
+    names = _names(endpoint, f'{run}/checkpoints/')
     return {int(n.split('/')[2]) for n in names if n.split('/')[2].isdigit()}
 
 
 def _objects(endpoint, prefix):
     """The base names of the objects under gs://BUCKET/prefix."""
-    import urllib.parse
-    import urllib.request
-    q = urllib.parse.urlencode({'prefix': prefix})
-    with urllib.request.urlopen(f'{endpoint}/storage/v1/b/{BUCKET}/o?{q}', timeout=10) as r:
-        return {o['name'].rsplit('/', 1)[-1] for o in json.load(r).get('items', [])}
+    return {n.rsplit('/', 1)[-1] for n in _names(endpoint, prefix)}
 
 
 def test_gs_workdir_resumes_after_sigkill_like_an_uninterrupted_run(tmp_path, emulator, bucket_env):

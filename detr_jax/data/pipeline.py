@@ -32,9 +32,9 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from detr_jax.data.coco_format import DataError, Source
-from detr_jax.paths import as_path
 from detr_jax.data.transforms import (Params, choose_bucket, eval_resize_params,
                                       sample_train_params, transform_boxes)
+from detr_jax.paths import as_path, is_uri
 
 # What the jitted train / eval steps take from a batch; the rest (image ids,
 # sizes, and for drawings the whole batch) stays on the host.
@@ -137,7 +137,7 @@ def _open(x, exif=True):
     if isinstance(x, np.ndarray):
         x = x if x.ndim == 3 else x[..., None]
         return np.broadcast_to(x, x.shape[:2] + (3,)).astype(np.uint8)
-    if isinstance(x, str) and '://' in x:  # a bucket
+    if isinstance(x, str) and is_uri(x):
         x = as_path(x).read_bytes()
     with Image.open(io.BytesIO(x) if isinstance(x, bytes) else x) as im:
         return _to_rgb(im, exif)

@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from detr_jax.paths import as_path
+from detr_jax.paths import as_path, is_uri
 
 # Bumped whenever rendering changes: cached exports are keyed by it.
 VERSION = 2
@@ -206,7 +206,7 @@ def write_coco(root, split, num_images, seed=0, min_size=96, max_size=160, max_o
     temporary folder and copied there, its DONE marker last (hosts that
     write it at once write the same bytes).
     """
-    if '://' in root:
+    if is_uri(root):
         return _write_coco_to_bucket(root, split, num_images, seed, min_size, max_size,
                                      max_objects, progress, workers)
     final = os.path.join(root, split)
