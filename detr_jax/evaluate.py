@@ -16,6 +16,7 @@ from detr_jax.config_defaults import validate_config
 from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import EVAL_STEP_KEYS, eval_batches, split_batch
 from detr_jax.paths import as_path, metric_writer, read_json, write_json, write_png
+from detr_jax.pq import pq_compute  # noqa: F401  (panopticapi's entry point, here)
 from detr_jax.sharding import make_mesh, to_global, to_host
 
 AP_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')

@@ -28,3 +28,172 @@ def select(dets, threshold=0.0, top_k=None):
         order = order[s[order] > threshold][:top_k]
         out.append({'scores': s[order], 'labels': l[order], 'boxes': b[order]})
     return out
+
+
+# --- masks: the original's PostProcessSegm and PostProcessPanoptic -----------
+
+def _bilinear_weights(in_size, out_size, canvas):
+    """[canvas, in_size] interpolation matrix of PyTorch's bilinear
+    (align_corners=False) from `in_size` to `out_size` (traced) pixels,
+    in PyTorch's float32 arithmetic: source = (i + 0.5) * in/out - 0.5,
+    clamped at 0; rows from `out_size` on are 0."""
+    scale = jnp.float32(in_size) / out_size.astype(jnp.float32)
+    src = jnp.maximum((jnp.arange(canvas, dtype=jnp.float32) + 0.5) * scale - 0.5, 0.0)
+    i0 = jnp.floor(src).astype(jnp.int32)
+    lam1 = jnp.clip(src - i0, 0.0, 1.0)
+    i1 = jnp.minimum(i0 + 1, in_size - 1)
+    cols = jnp.arange(in_size)
+    w = ((cols == i0[:, None]) * (1.0 - lam1)[:, None] + (cols == i1[:, None]) * lam1[:, None])
+    return jnp.where((jnp.arange(canvas) < out_size)[:, None], w, 0.0).astype(jnp.float32)
+
+
+def resize_masks(masks, sizes, canvas_hw):
+    """Mask logits [B, Q, h, w] resized bilinearly to a size per image,
+    `sizes` [B, 2] (h, w; traced values, so one compilation serves every
+    size), in the top-left corner of a [canvas_h, canvas_w] canvas (0
+    beyond `sizes`) -> float32 [B, Q, canvas_h, canvas_w].
+
+    PyTorch's `F.interpolate(mode='bilinear', align_corners=False)`:
+    half-pixel centres, no antialiasing when shrinking, edge pixels
+    repeated (as two sparse matrices, applied at full float32 precision).
+    Like the original, the whole (padded) mask is stretched to the size;
+    nothing is cropped first."""
+    _, _, h, w = masks.shape
+    hi = jax.lax.Precision.HIGHEST
+
+    def one(m, size):
+        wy = _bilinear_weights(h, size[0], canvas_hw[0])
+        wx = _bilinear_weights(w, size[1], canvas_hw[1])
+        rows = jnp.einsum('Yy,qyx->qYx', wy, m.astype(jnp.float32), precision=hi)
+        return jnp.einsum('qYx,Xx->qYX', rows, wx, precision=hi)
+    return jax.vmap(one)(masks, sizes)
+
+
+def segmentation_masks(pred_masks, sizes, threshold=0.5):
+    """The original's PostProcessSegm on device: `pred_masks` [B, Q, h, w]
+    logits, upsampled to the batch's largest `sizes` [B, 2] (the processed,
+    unpadded image sizes), then sigmoid > `threshold` -> bool [B, Q, 4h,
+    4w] (the padded image's size); image i's masks are the top-left
+    `sizes[i]` of it (`masks_at_size` crops and resizes them)."""
+    b, _, h, w = pred_masks.shape
+    largest = jnp.broadcast_to(sizes.max(0), sizes.shape)
+    return jax.nn.sigmoid(resize_masks(pred_masks, largest, (4 * h, 4 * w))) > threshold
+
+
+def masks_at_size(masks, size, orig_size):
+    """One image's masks of `segmentation_masks` [Q, H, W] (host) cropped
+    to its processed `size` (h, w) and resized to `orig_size` with
+    PyTorch's legacy nearest rule -> bool [Q, orig_h, orig_w]."""
+    from detr_jax.models.layers import legacy_nearest_indices
+    h, w = int(size[0]), int(size[1])
+    ys = legacy_nearest_indices(h, int(orig_size[0]))
+    xs = legacy_nearest_indices(w, int(orig_size[1]))
+    return np.asarray(masks)[:, :h, :w][:, ys][:, :, xs]
+
+
+def panoptic_queries(pred_logits, threshold):
+    """The queries PostProcessPanoptic keeps: best class (no-object
+    included) not no-object and its softmax score above `threshold` ->
+    (keep bool [B, Q], labels [B, Q] int32)."""
+    prob = jax.nn.softmax(pred_logits.astype(jnp.float32), -1)
+    scores, labels = prob.max(-1), prob.argmax(-1).astype(jnp.int32)
+    return (labels != pred_logits.shape[-1] - 1) & (scores > threshold), labels
+
+
+def mask_argmax(pred_masks, keep, sizes):
+    """Which kept query wins each pixel: `pred_masks` [B, Q, h, w] logits
+    resized to `sizes` [B, 2] (`resize_masks`, canvas 4h x 4w), argmax over
+    the queries with `keep` [B, Q] -> int32 [B, 4h, 4w] query indices (the
+    first query on ties, as PyTorch's argmax; 0 where nothing is kept).
+
+    The original takes the argmax of a softmax over the kept masks; the
+    softmax is monotonic, so this is the same choice without it."""
+    b, _, h, w = pred_masks.shape
+    m = resize_masks(pred_masks, sizes, (4 * h, 4 * w))
+    m = jnp.where(keep[:, :, None, None], m, -jnp.inf)
+    return jnp.argmax(m, axis=1).astype(jnp.int32)
+
+
+_panoptic_queries = jax.jit(panoptic_queries)
+_mask_argmax = jax.jit(mask_argmax)
+
+# the original drops segments of at most this many pixels (at the output size)
+MIN_SEGMENT_AREA = 4
+
+
+def panoptic(outputs, sizes, orig_sizes, is_thing, threshold=0.85, label_map=None):
+    """The original's PostProcessPanoptic for a batch of model outputs.
+
+    outputs: `pred_logits` [B, Q, C+1], `pred_masks` [B, Q, h, w] (arrays
+      on the device or the host).
+    sizes: [B, 2] (h, w) of each image as the model saw it (unpadded);
+      orig_sizes: [B, 2] the size to return the segments at.
+    is_thing: bool [C] per class index (stuff segments of one class merge).
+    label_map: class index -> {'id', ...}: `category_id` is the dataset's
+      id (else the class index).
+
+    Returns per image {'ids': int32 [orig_h, orig_w] segment ids (0 =
+    void: no kept query), 'segments_info': [{'id', 'category_id',
+    'label' (class index), 'isthing', 'area'}]}, ready for COCO's panoptic
+    format (`panoptic_format.write_ids`). Segment ids are the original's
+    plus one (the original numbers from 0, which COCO's format reads as
+    void); they follow query order.
+
+    The original's steps: keep queries (`panoptic_queries`), per-pixel
+    argmax of the kept masks at `sizes` (`mask_argmax`, on device), stuff
+    masks of one class merged into the first, the map resized to
+    `orig_sizes` (PIL nearest), then while a segment has at most
+    `MIN_SEGMENT_AREA` pixels: drop those and redo the argmax (the original
+    merges stuff only in the first pass; so does this)."""
+    keep, labels = (np.asarray(x) for x in _panoptic_queries(outputs['pred_logits'], threshold))
+    masks = outputs['pred_masks']
+    sizes = np.asarray(sizes, np.int32)
+    winners = np.asarray(_mask_argmax(masks, keep, sizes))
+    results = []
+    for i in range(len(keep)):
+        def redo(kept, i=i):
+            k = np.zeros_like(keep[i:i + 1])
+            k[0, kept] = True
+            return np.asarray(_mask_argmax(masks[i:i + 1], k, sizes[i:i + 1]))[0]
+        results.append(_merge_segments(winners[i], np.flatnonzero(keep[i]), labels[i], sizes[i],
+                                       orig_sizes[i], np.asarray(is_thing, bool), label_map,
+                                       redo))
+    return results
+
+
+def _merge_segments(winners, kept, labels, size, orig_size, is_thing, label_map, redo):
+    """One image's host part of `panoptic`: `winners` [H, W] query indices
+    on the canvas, `kept` the kept query indices (ascending), `redo(kept)`
+    the argmax again over fewer queries."""
+    from detr_jax.panoptic_format import resize_ids
+    h, w = int(size[0]), int(size[1])
+    out_hw = (int(orig_size[0]), int(orig_size[1]))
+    classes = labels[kept]
+
+    def ids_and_areas(winners, kept, merge_stuff):
+        if len(kept) == 0:
+            return np.zeros(out_hw, np.int64), np.zeros(0, np.int64)
+        rank = np.zeros(len(labels), np.int64)
+        rank[kept] = np.arange(len(kept))
+        ids = rank[winners[:h, :w]]
+        if merge_stuff:
+            for c in np.unique(classes[~is_thing[classes]]):
+                same = np.flatnonzero(classes == c)
+                if len(same) > 1:
+                    ids[np.isin(ids, same)] = same[0]
+        ids = resize_ids(ids, out_hw)
+        return ids, np.bincount(ids.ravel(), minlength=len(kept))[:len(kept)]
+
+    ids, area = ids_and_areas(winners, kept, merge_stuff=True)
+    while len(kept) and (area <= MIN_SEGMENT_AREA).any():
+        big = area > MIN_SEGMENT_AREA
+        kept, classes = kept[big], classes[big]
+        ids, area = ids_and_areas(redo(kept) if len(kept) else None, kept, merge_stuff=False)
+    segments = []
+    for k, (c, a) in enumerate(zip(classes, area)):
+        c = int(c)
+        segments.append({'id': k + 1, 'label': c,
+                         'category_id': int(label_map[c]['id']) if label_map else c,
+                         'isthing': bool(is_thing[c]), 'area': int(a)})
+    # ids + 1: the original's ids, with 0 left for void (nothing kept)
+    return {'ids': (ids + 1 if len(kept) else ids).astype(np.int32), 'segments_info': segments}
