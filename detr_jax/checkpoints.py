@@ -138,13 +138,31 @@ def restore_latest(mngr, abstract_state):
 
 
 def init_from_pretrained(state, path, reinit_class_head=False):
-    """`state` with the weights of a converted or official checkpoint at
-    `path` (`convert.load_checkpoint`); with `reinit_class_head`, a class
-    head of another class count keeps the state's fresh one (logged)."""
-    from detr_jax.convert import load_checkpoint
-    _, variables = load_checkpoint(path)
+    """`state` with the weights at `path`: a training workdir (its latest
+    checkpoint, EMA weights when it kept them), a converted checkpoint or an
+    official / Hugging Face one (`convert.load_checkpoint`).
+
+    A detection checkpoint starts a panoptic model's detector (nested under
+    `detr`, as the original's DETRsegm) with a fresh mask head; a panoptic
+    one starts a detection model from its detector. With
+    `reinit_class_head`, a class head of another class count keeps the
+    state's fresh one (logged)."""
+    if is_workdir(path):
+        _, variables, step = load_workdir(path)
+        logging.info('weights from step %d of %s', step, path)
+    else:
+        from detr_jax.convert import load_checkpoint
+        _, variables = load_checkpoint(path)
     params = flax.core.unfreeze(variables['params'])
+    stats = flax.core.unfreeze(variables.get('batch_stats', {}))
     ours = flax.core.unfreeze(state.params)
+    ours_stats = flax.core.unfreeze(state.batch_stats)
+    if 'detr' in ours and 'detr' not in params:  # detection -> panoptic: a fresh mask head
+        params = dict(ours, detr=params)
+        stats = dict(ours_stats, detr=stats) if stats else ours_stats
+        logging.info('%s: a detector without a mask head; the mask head starts fresh', path)
+    elif 'detr' in params and 'detr' not in ours:  # panoptic -> detection: its detector
+        params, stats = params['detr'], stats.get('detr', {})
     head = ('detr', 'class_embed') if 'detr' in ours else ('class_embed',)
 
     def get(tree, keys):
@@ -160,8 +178,13 @@ def init_from_pretrained(state, path, reinit_class_head=False):
                              'dataset')
         get(params, head[:-1])[head[-1]] = get(ours, head)
         logging.info('re-initialized the class head: %s -> %s', theirs_head, ours_head)
-    new_params = jax.tree_util.tree_map(lambda a, b: jnp.asarray(b, a.dtype), state.params, params)
-    new_stats = jax.tree_util.tree_map(lambda a, b: jnp.asarray(b, a.dtype), state.batch_stats,
-                                       variables.get('batch_stats', {}))
+    try:
+        new_params = jax.tree_util.tree_map(lambda a, b: jnp.asarray(b, a.dtype),
+                                            state.params, params)
+        new_stats = jax.tree_util.tree_map(lambda a, b: jnp.asarray(b, a.dtype),
+                                           state.batch_stats, stats)
+    except ValueError as e:  # another architecture
+        raise ValueError(f'{path}: its weights do not fit this model (config.model): {e}') \
+            from None
     ema = jax.tree_util.tree_map(jnp.copy, new_params) if state.ema_params else {}
     return state.replace(params=new_params, batch_stats=new_stats, ema_params=ema)

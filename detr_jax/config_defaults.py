@@ -74,7 +74,14 @@ def base_config():
         # the first step, in parallel threads (else: each on first use)
         precompile=True,
         num_vis_images=4, profile=False, init_from='', reinit_class_head=False,
+        # panoptic, the original's second stage (--frozen_weights): the
+        # detector (init_from: a detection or panoptic checkpoint or workdir)
+        # stays as it is, only the mask head trains
+        freeze_detr=False,
         eval_max_images=-1,
+        # panoptic models: the score a query needs to make a segment (the
+        # original's PostProcessPanoptic threshold)
+        panoptic_threshold=0.85,
         # TensorBoard's event files: '' = the workdir (a bucket works too)
         tensorboard_dir='',
     ))
@@ -125,6 +132,9 @@ def validate_config(config, num_devices=None):
     for name in ('batch_size', 'eval_batch_size'):
         if d[name] % n:
             raise ValueError(f'config.data.{name}={d[name]} must be divisible by the {n} devices')
+    if config.train.freeze_detr and not m.masks:
+        raise ValueError('config.train.freeze_detr=True trains a mask head: it needs '
+                         'config.model.masks=True')
     if config.matcher.solver not in ('scipy', 'optax'):
         raise ValueError(f"config.matcher.solver={config.matcher.solver!r}: 'scipy' or 'optax'")
     if d.on_bad_input not in ('error', 'skip'):

@@ -52,8 +52,9 @@ def percent(value):
     return 'n/a' if value is None else f'{100 * value:.1f}'
 
 
-def format_metrics(metrics, names=('AP', 'AP50', 'AP75')):
-    """`AP 52.9 | AP50 84.8 | AP75 60.1` (COCO figures in percent)."""
+def format_metrics(metrics, names=('PQ', 'PQ_th', 'PQ_st', 'AP', 'AP50', 'AP75')):
+    """`AP 52.9 | AP50 84.8 | AP75 60.1` (COCO figures in percent; PQ
+    first when there is one)."""
     return ' | '.join(f'{k} {percent(metrics[k])}' for k in names if k in metrics)
 
 

@@ -1,4 +1,5 @@
-"""Pictures: predicted (and ground-truth) boxes with names and scores."""
+"""Pictures: predicted (and ground-truth) boxes with names and scores;
+panoptic segments as a coloured overlay with their names."""
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -52,9 +53,55 @@ def grid(images, cols=4, pad=4):
     return out
 
 
+def segment_color(segment):
+    """A colour per segment: things by segment id (neighbours differ),
+    stuff by category (one colour per kind of stuff)."""
+    key = segment['id'] if segment.get('isthing') else segment['category_id'] * 7 + 3
+    return PALETTE[key % len(PALETTE)]
+
+
+def draw_panoptic(image, ids, segments_info, label_map=None, alpha=0.55, scale=1):
+    """image uint8 [H, W, 3]; `ids` [H, W] segment ids (0 = void, left as
+    is); `segments_info` [{'id', 'category_id', 'isthing', 'label'?}] ->
+    uint8 picture: each segment tinted, its outline darkened and its name
+    written at its centre (things) or on its largest row (stuff)."""
+    img = np.asarray(image, np.float32).copy()
+    ids = np.asarray(ids)
+    if scale != 1:
+        img = img.repeat(scale, 0).repeat(scale, 1)
+        ids = ids.repeat(scale, 0).repeat(scale, 1)
+    edge = np.zeros(ids.shape, bool)
+    edge[1:] |= ids[1:] != ids[:-1]
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    for s in segments_info:
+        m = ids == s['id']
+        img[m] = (1 - alpha) * img[m] + alpha * np.array(segment_color(s), np.float32)
+    img[edge] *= 0.3
+    pic = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pic)
+    font = ImageFont.load_default()
+    for s in segments_info:
+        ys, xs = np.nonzero(ids == s['id'])
+        if not len(ys):
+            continue
+        lab = s.get('label', s['category_id'])
+        name = (label_map[lab]['name'] if label_map and lab in label_map
+                else str(s['category_id']))
+        tw, th = draw.textbbox((0, 0), name, font=font)[2:]
+        cx, cy = int(np.median(xs)), int(np.median(ys))
+        tx = min(max(cx - tw // 2, 0), max(pic.width - tw - 2, 0))
+        ty = min(max(cy - th // 2, 0), max(pic.height - th - 2, 0))
+        draw.rectangle([tx, ty, tx + tw + 2, ty + th + 1], fill=segment_color(s))
+        draw.text((tx + 1, ty), name, fill=(0, 0, 0), font=font)
+    return np.asarray(pic)
+
+
 def draw_eval_samples(samples, label_map, threshold=0.5, max_images=8, scale=2):
     """Pictures of predictions (score > threshold) on eval batches, in the
-    resized image (what the model saw), ground truth in white."""
+    resized image (what the model saw), ground truth in white; with
+    panoptic segments (`dets['panoptic']`), the segments' overlay beside
+    the boxes."""
+    from detr_jax.panoptic_format import resize_ids
     pics = []
     for batch, dets in samples:
         for i in range(len(batch['image_id'])):
@@ -62,6 +109,11 @@ def draw_eval_samples(samples, label_map, threshold=0.5, max_images=8, scale=2):
                 continue
             h, w = batch['size'][i]
             oh, ow = batch['orig_size'][i]
+            segments = dets.get('panoptic', [None] * (i + 1))[i]
+            if segments is not None:
+                pics.append(draw_panoptic(batch['images'][i][:h, :w],
+                                          resize_ids(segments['ids'], (h, w)),
+                                          segments['segments_info'], label_map, scale=scale))
             s = np.array([w / ow, h / oh, w / ow, h / oh])
             keep = dets['scores'][i] > threshold
             gt = batch['boxes'][i][batch['valid'][i]] * np.array([w, h, w, h])

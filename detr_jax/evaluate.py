@@ -1,6 +1,8 @@
-"""Evaluation: COCO box AP of a model on a Source (pycocotools), during
-training (`run_eval`) and for a finished run or a converted checkpoint
-(`evaluate_checkpoint`, `--mode=eval`).
+"""Evaluation: COCO box AP of a model on a Source (pycocotools) and, for
+panoptic models, PQ (`pq`: the panoptic post-processing's segments against
+the source's panoptic ground truth), during training (`run_eval`) and for a
+finished run or a converted checkpoint (`evaluate_checkpoint`,
+`--mode=eval`).
 """
 import contextlib
 import copy
@@ -10,6 +12,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from detr_jax import checkpoints, console
 from detr_jax.config_defaults import validate_config
@@ -37,22 +40,126 @@ def results_from_detections(dets, image_ids, label_map):
     return res
 
 
-def predict(eval_step, variables, source, data_cfg, mesh, max_images=-1):
+DET_KEYS = ('scores', 'labels', 'boxes')
+
+
+def predict(eval_step, variables, source, data_cfg, mesh, max_images=-1, panoptic=None):
     """Runs `eval_step` (a `Trainer`'s) over `source` -> (COCO results,
-    evaluated image ids, a few (batch, dets) pairs for drawings)."""
+    evaluated image ids, a few (batch, dets) pairs for drawings). With
+    `panoptic` (a `PanopticEval`), each host's images' segments go to it
+    (dets of the drawings then have `panoptic`: their segments)."""
     if 0 < max_images < len(source):
         source = source.head(max_images)
     results, ids, samples = [], [], []
     for batch in eval_batches(source, data_cfg, jax.process_index(), jax.process_count()):
         device, host = split_batch(batch, EVAL_STEP_KEYS)
-        dets = eval_step(variables, to_global(device, mesh))
-        dets = {k: to_host(v) for k, v in dets.items()}
+        out = eval_step(variables, to_global(device, mesh))
+        dets = {k: to_host(out[k]) for k in DET_KEYS}
         image_ids = to_host(to_global({'image_id': host['image_id']}, mesh)['image_id'])
         results += results_from_detections(dets, image_ids, source.label_map)
         ids += [int(i) for i in image_ids if i >= 0]
+        segments = panoptic.add(batch, out, mesh) if panoptic is not None else None
         if len(samples) < 2:
-            samples.append((batch, {k: v[:len(batch['image_id'])] for k, v in dets.items()}))
+            n = len(batch['image_id'])
+            # this host's rows of the global detections (the first ones on one host)
+            first = jax.process_index() * n
+            sample = {k: v[first:first + n] for k, v in dets.items()}
+            if segments is not None:
+                sample['panoptic'] = segments
+            samples.append((batch, sample))
     return results, ids, samples
+
+
+def _local_rows(x, mesh):
+    """This host's rows of a global array split on 'data' (a jax.Array on
+    its devices; the array itself with one process)."""
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+    from jax.sharding import PartitionSpec as P
+    return multihost_utils.global_array_to_host_local_array(x, mesh, P('data'))
+
+
+class PanopticEval:
+    """PQ over the images evaluated (`pq`), each host its own images, and
+    the predictions in COCO's panoptic format: PNGs in `out_dir` and their
+    json entries (`annotations`).
+
+    `source` must have `panoptic_ground_truth` (COCO panoptic json) and
+    `panoptic_pngs`; its label map's `isthing` tells stuff classes (which
+    merge) from things."""
+
+    def __init__(self, source, out_dir=None):
+        if source.panoptic_ground_truth is None:
+            raise ValueError(f'{source.name}: no panoptic ground truth to compute PQ against '
+                             '(a COCO panoptic json and its PNG folder: data.panoptic with '
+                             "dataset='coco_folder' or 'synthetic')")
+        from detr_jax.pq import PQStat
+        gt = source.panoptic_ground_truth
+        self.categories = {c['id']: c for c in gt['categories']}
+        self.gt = {a['image_id']: a for a in gt['annotations']}
+        self.gt_png = {int(i): p for i, p in zip(source.image_ids, source.panoptic_pngs)}
+        self.label_map = source.label_map
+        self.is_thing = np.array([bool(source.label_map.get(i, {}).get('isthing', False))
+                                  for i in range(source.num_classes)])
+        self.out_dir = as_path(out_dir) if out_dir else None
+        self.stat, self.annotations = PQStat(), []
+
+    def add(self, batch, out, mesh):
+        """One eval batch: `batch` this host's rows (numpy), `out` the eval
+        step's global outputs. Returns the segments of this host's images
+        (`postprocess.panoptic`'s, None for fillers)."""
+        from detr_jax.panoptic_format import read_ids, write_ids
+        from detr_jax.postprocess import panoptic_segments
+        from detr_jax.pq import image_stat
+        parts = {k[4:]: np.asarray(_local_rows(out[k], mesh))
+                 for k in ('pan_keep', 'pan_labels', 'pan_winners')}
+        segments = panoptic_segments(parts, _local_rows(out['pred_masks'], mesh), batch['size'],
+                                     batch['orig_size'], self.is_thing, self.label_map)
+        for i, image_id in enumerate(int(x) for x in batch['image_id']):
+            if image_id < 0:
+                segments[i] = None
+                continue
+            pred = segments[i]
+            gt = self.gt.get(image_id, {'segments_info': []})
+            png = self.gt_png.get(image_id)
+            gt_ids = read_ids(png) if png else np.zeros(pred['ids'].shape, np.int64)
+            self.stat += image_stat(gt_ids, gt['segments_info'], pred['ids'],
+                                    pred['segments_info'], self.categories, image_id)
+            file_name = f'{image_id:012d}.png'
+            if self.out_dir is not None:
+                write_ids(self.out_dir / file_name, pred['ids'])
+            self.annotations.append({'image_id': image_id, 'file_name': file_name,
+                                     'segments_info': [{k: s[k] for k in (
+                                         'id', 'category_id', 'isthing', 'area')}
+                                         for s in pred['segments_info']]})
+        return segments
+
+    def summary(self):
+        """panopticapi's dict (`pq.summarize`) over every host's images."""
+        from detr_jax.pq import PQStat, summarize
+        stat = self.stat
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            cats = sorted(self.categories)
+            every = multihost_utils.process_allgather(stat.as_array(cats))
+            stat = PQStat.from_array(np.asarray(every).sum(0), cats)
+        return summarize(stat, self.categories)
+
+
+PQ_NAMES = ('PQ', 'SQ', 'RQ', 'PQ_th', 'SQ_th', 'RQ_th', 'PQ_st', 'SQ_st', 'RQ_st')
+
+
+def pq_metrics(summary):
+    """`pq.summarize`'s dict -> flat metrics PQ, SQ, RQ and the same for
+    things (_th) and stuff (_st), fractions as AP's (None where no
+    category of the kind was seen)."""
+    out = {}
+    for name, suffix in (('All', ''), ('Things', '_th'), ('Stuff', '_st')):
+        s = summary[name]
+        for k in ('pq', 'sq', 'rq'):
+            out[k.upper() + suffix] = float(s[k]) if s['n'] else None
+    return out
 
 
 def _coco(dataset):
@@ -93,7 +200,7 @@ def coco_ap(ground_truth, results, image_ids=None, out_json=None):
 
 
 def format_table(metrics):
-    names = [k for k in AP_NAMES if k in metrics]
+    names = [k for k in PQ_NAMES[::3] + AP_NAMES if k in metrics]
     head = '| ' + ' | '.join(names) + ' |'
     sep = '|' + '|'.join('---' for _ in names) + '|'
     row = '| ' + ' | '.join(console.percent(metrics[k]) for k in names) + ' |'
@@ -101,20 +208,34 @@ def format_table(metrics):
 
 
 def run_eval(trainer, state, source, workdir, step, writer):
-    """COCO AP of `state`'s eval weights on the validation `source`: the
-    results json, the metrics json and a picture of predictions in
-    `workdir/eval/`, scalars to `writer`, a line on the console. Returns
-    the metrics (with `picture`: the PNG's path)."""
+    """COCO box AP of `state`'s eval weights on the validation `source`
+    (things only for a panoptic model, with PQ too): the results json, the
+    metrics json and a picture of predictions in `workdir/eval/` (panoptic:
+    the predicted segments in COCO's format, `panoptic_{step}/*.png` and
+    `panoptic_{step}.json`), scalars to `writer`, a line on the console.
+    Returns the metrics (with `picture`: the PNG's path)."""
     from detr_jax import draw
     config = trainer.config
     t = time.time()
-    results, ids, samples = predict(trainer.eval_step, state.eval_variables(), source,
-                                    config.data, trainer.mesh,
-                                    max_images=config.train.eval_max_images)
     out_dir = as_path(workdir) / 'eval'
     writes = jax.process_index() == 0  # every host has every result; one writes
+    panoptic = (PanopticEval(source, out_dir / f'panoptic_{step}') if config.model.masks
+                else None)
+    results, ids, samples = predict(trainer.eval_step, state.eval_variables(), source,
+                                    config.data, trainer.mesh,
+                                    max_images=config.train.eval_max_images, panoptic=panoptic)
     metrics = coco_ap(source.ground_truth, results, ids,
                       out_json=out_dir / f'results_{step}.json' if writes else None)
+    if panoptic is not None:
+        summary = panoptic.summary()
+        metrics.update(pq_metrics(summary))
+        # each host wrote its own images' PNGs; their json entries likewise
+        part = '' if jax.process_count() == 1 else f'.process{jax.process_index()}'
+        write_json(out_dir / f'panoptic_{step}{part}.json',
+                   {'annotations': panoptic.annotations,
+                    'categories': list(panoptic.categories.values())})
+        if writes:
+            write_json(out_dir / f'pq_{step}.json', summary, indent=1)
     # undefined figures (None) are left out of TensorBoard
     writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items() if v is not None})
     if writes:

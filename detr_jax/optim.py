@@ -13,13 +13,17 @@ def _stage(name):
     return 'stem'  # conv1, bn1
 
 
-def param_labels(params, model_cfg, lr_backbone):
-    """'frozen' | 'backbone' | 'default' for every parameter."""
+def param_labels(params, model_cfg, lr_backbone, freeze_detr=False):
+    """'frozen' | 'backbone' | 'default' for every parameter. With
+    `freeze_detr` (a panoptic model's second stage) every parameter of the
+    detector (under `detr`) is frozen: only the mask head trains."""
     flat = traverse_util.flatten_dict(params)
     train_stages = set(model_cfg.train_stages) if lr_backbone > 0 else set()
     labels = {}
     for path in flat:
-        if 'backbone' in path:
+        if freeze_detr and path[0] == 'detr':
+            labels[path] = 'frozen'
+        elif 'backbone' in path:
             stage = _stage(path[path.index('backbone') + 1])
             labels[path] = 'backbone' if stage in train_stages else 'frozen'
         else:
@@ -82,16 +86,16 @@ def applied_lr(schedule, steps_done, grad_accum_steps=1):
     return float(schedule(max(steps_done // max(1, grad_accum_steps) - 1, 0)))
 
 
-def build_optimizer(optim_cfg, model_cfg, steps_per_epoch, total_steps=None):
+def build_optimizer(optim_cfg, model_cfg, steps_per_epoch, total_steps=None, freeze_detr=False):
     """Returns (optax transformation, (lr schedule, backbone lr schedule)).
 
     Built before the parameters exist: which parameters are frozen, backbone
     or default is decided by `param_labels` when the transformation first
     sees them (optax takes the labels as a function of the parameters).
     `total_steps` (train steps) is needed by the cosine and cooldown
-    schedules."""
+    schedules. `freeze_detr`: see `param_labels`."""
     def labels(params):
-        return param_labels(params, model_cfg, optim_cfg.lr_backbone)
+        return param_labels(params, model_cfg, optim_cfg.lr_backbone, freeze_detr)
 
     def frozen(params):
         return jax.tree_util.tree_map(lambda label: label == 'frozen', labels(params))

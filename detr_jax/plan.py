@@ -291,6 +291,7 @@ class Planner:
         batch = {'images': spec((b, h, w, 3), jnp.uint8), 'pixel_mask': spec((b, h, w), jnp.bool_)}
         if step == 'eval':
             batch['orig_size'] = spec((b, 2), jnp.int32)
+            batch['size'] = spec((b, 2), jnp.int32)
             return batch
         m = config.data.max_boxes
         batch.update(labels=spec((b, m), jnp.int32), boxes=spec((b, m, 4), jnp.float32),

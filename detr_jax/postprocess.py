@@ -114,7 +114,16 @@ def mask_argmax(pred_masks, keep, sizes):
     return jnp.argmax(m, axis=1).astype(jnp.int32)
 
 
-_panoptic_queries = jax.jit(panoptic_queries)
+def panoptic_on_device(outputs, sizes, threshold):
+    """The device part of `panoptic` (jittable; the eval step runs it):
+    {'keep', 'labels' [B, Q] (`panoptic_queries`), 'winners' [B, 4h, 4w]
+    (`mask_argmax`)}."""
+    keep, labels = panoptic_queries(outputs['pred_logits'], threshold)
+    return {'keep': keep, 'labels': labels,
+            'winners': mask_argmax(outputs['pred_masks'], keep, sizes)}
+
+
+_panoptic_on_device = jax.jit(panoptic_on_device, static_argnames='threshold')
 _mask_argmax = jax.jit(mask_argmax)
 
 # the original drops segments of at most this many pixels (at the output size)
@@ -145,19 +154,28 @@ def panoptic(outputs, sizes, orig_sizes, is_thing, threshold=0.85, label_map=Non
     `orig_sizes` (PIL nearest), then while a segment has at most
     `MIN_SEGMENT_AREA` pixels: drop those and redo the argmax (the original
     merges stuff only in the first pass; so does this)."""
-    keep, labels = (np.asarray(x) for x in _panoptic_queries(outputs['pred_logits'], threshold))
-    masks = outputs['pred_masks']
     sizes = np.asarray(sizes, np.int32)
-    winners = np.asarray(_mask_argmax(masks, keep, sizes))
+    parts = _panoptic_on_device(outputs, sizes, float(threshold))
+    return panoptic_segments({k: np.asarray(v) for k, v in parts.items()},
+                             outputs['pred_masks'], sizes, orig_sizes, is_thing, label_map)
+
+
+def panoptic_segments(parts, pred_masks, sizes, orig_sizes, is_thing, label_map=None):
+    """The host part of `panoptic`: `parts` (`panoptic_on_device`'s, numpy)
+    -> per image {'ids', 'segments_info'}. `pred_masks` [B, Q, h, w] (best
+    left on the device) is read only for images that lose a small
+    segment."""
     results = []
-    for i in range(len(keep)):
+    is_thing = np.asarray(is_thing, bool)
+    for i in range(len(parts['keep'])):
         def redo(kept, i=i):
-            k = np.zeros_like(keep[i:i + 1])
+            k = np.zeros_like(parts['keep'][i:i + 1])
             k[0, kept] = True
-            return np.asarray(_mask_argmax(masks[i:i + 1], k, sizes[i:i + 1]))[0]
-        results.append(_merge_segments(winners[i], np.flatnonzero(keep[i]), labels[i], sizes[i],
-                                       orig_sizes[i], np.asarray(is_thing, bool), label_map,
-                                       redo))
+            return np.asarray(_mask_argmax(pred_masks[i:i + 1], k,
+                                           np.asarray(sizes[i:i + 1], np.int32)))[0]
+        results.append(_merge_segments(parts['winners'][i], np.flatnonzero(parts['keep'][i]),
+                                       parts['labels'][i], sizes[i], orig_sizes[i], is_thing,
+                                       label_map, redo))
     return results
 
 

@@ -12,7 +12,8 @@ input pipeline declares in `data.pipeline.TRAIN_STEP_KEYS` and
 `EVAL_STEP_KEYS`): `images` uint8 [B, H, W, 3], `pixel_mask` bool [B, H, W]
 (True on real pixels); for training `labels` [B, M] int32, `boxes` [B, M, 4]
 (cx, cy, w, h normalized by the unpadded size), `valid` [B, M] bool and,
-panoptic, `masks` [B, M, H, W]; for evaluation `orig_size` [B, 2] (h, w).
+panoptic, `masks` [B, M, H, W]; for evaluation `orig_size` [B, 2] (h, w)
+and `size` [B, 2] (h, w unpadded).
 The training loop adds `stop_requested` bool [B] (each host's rows say
 whether it got SIGTERM); the step returns their any() as a metric.
 """
@@ -33,7 +34,7 @@ from detr_jax.losses import matching_costs, set_criterion
 from detr_jax.matching import match
 from detr_jax.models import build_model
 from detr_jax.optim import build_optimizer
-from detr_jax.postprocess import detections
+from detr_jax.postprocess import detections, panoptic_on_device
 from detr_jax.sharding import replicated
 
 
@@ -159,12 +160,21 @@ def ema_update(ema, params, step, decay):
     return jax.tree_util.tree_map(lambda e, p: e + (1.0 - d) * (p - e), ema, params)
 
 
-def eval_step(variables, batch, *, model):
+def eval_step(variables, batch, *, model, panoptic_threshold=0.85):
     """Detections (`postprocess.detections`: scores, labels [B, Q], boxes
-    [B, Q, 4] xyxy in pixels of `orig_size`) of one eval batch."""
+    [B, Q, 4] xyxy in pixels of `orig_size`) of one eval batch; for a
+    panoptic model also the device part of the panoptic post-processing
+    (`postprocess.panoptic_on_device` at `panoptic_threshold`, over the
+    unpadded `size` [B, 2]: `keep`, `labels`... as `pan_keep`,
+    `pan_labels`, `pan_winners`) and `pred_masks` (what the host part reads
+    for images that lose a small segment)."""
     mask = batch['pixel_mask']
     out = model.apply(variables, normalize(batch['images'], mask), mask, train=False)
-    return detections(out, batch['orig_size'])
+    dets = detections(out, batch['orig_size'])
+    if 'pred_masks' in out:
+        parts = panoptic_on_device(out, batch['size'], panoptic_threshold)
+        dets.update({f'pan_{k}': v for k, v in parts.items()}, pred_masks=out['pred_masks'])
+    return dets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,8 +205,10 @@ def build_trainer(config, mesh, steps_per_epoch, total_steps=None):
     """The model (`config.model`), AdamW (`config.optim`, its schedules over
     `steps_per_epoch` and `total_steps` train steps), the state's shardings
     and both jitted steps for `mesh`."""
-    model = build_model(config.model)
-    tx, schedules = build_optimizer(config.optim, config.model, steps_per_epoch, total_steps)
+    freeze_detr = bool(config.train.get('freeze_detr', False))
+    model = build_model(config.model, freeze_detr=freeze_detr)
+    tx, schedules = build_optimizer(config.optim, config.model, steps_per_epoch, total_steps,
+                                    freeze_detr=freeze_detr)
     h, w = config.data.buckets[0]
     ema = config.train.ema_decay > 0
 
@@ -219,7 +231,9 @@ def build_trainer(config, mesh, steps_per_epoch, total_steps=None):
                        donate_argnums=(0,), out_shardings=(shardings, replicated(mesh))))
     return Trainer(config=config, mesh=mesh, model=model, tx=tx, lr_schedules=schedules,
                    state_shardings=shardings, train_step=step,
-                   eval_step=jax.jit(functools.partial(eval_step, model=model)),
+                   eval_step=jax.jit(functools.partial(
+                       eval_step, model=model,
+                       panoptic_threshold=config.train.get('panoptic_threshold', 0.85))),
                    abstract_state=jax.tree_util.tree_map(
                        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                        abstract, shardings),

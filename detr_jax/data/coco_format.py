@@ -42,6 +42,9 @@ class Source:
     # the path of one (TFDS's, or the official file given as data.val_ann)
     ground_truth: Optional[Union[dict, str]] = None
     panoptic_pngs: Optional[List[str]] = None   # per image segment-id PNG
+    # what PQ evaluates against: COCO's panoptic json (`images`,
+    # `annotations` with every segment, crowd ones too, `categories`)
+    panoptic_ground_truth: Optional[dict] = None
     segment_ids: Optional[List[np.ndarray]] = None  # per image [n], aligned with boxes
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     # Sources without files (TFDS): reader(reader_index[i]) -> (image, panoptic
@@ -325,9 +328,11 @@ def load_panoptic(ann_file, image_dir, png_dir, on_bad_input='error', name=None,
     label_map, cat_to_idx = _categories(data, ann_file, by_category_id, label_map)
     anns = {a.get('image_id'): a for a in data.get('annotations', []) if isinstance(a, dict)}
     out = dict(paths=[], ids=[], hw=[], boxes=[], labels=[], pngs=[], segs=[])
+    gt_anns, thing_anns = [], []  # the segments PQ and box AP (things) evaluate against
+    is_thing = {c['id']: bool(c.get('isthing', 1)) for c in data['categories']}
     for im in images:
         a = anns.get(im['id'], {'segments_info': [], 'file_name': None})
-        b, lab, sid = [], [], []
+        b, lab, sid, good = [], [], [], []
         for s in a.get('segments_info', []):
             what = f'segment {s.get("id")} (image {im["id"]})'
             if s.get('category_id') not in cat_to_idx:
@@ -337,6 +342,12 @@ def load_panoptic(ann_file, image_dir, png_dir, on_bad_input='error', name=None,
             if why:
                 defect(what, why, kind)
                 continue
+            good.append(s)
+            if is_thing.get(s['category_id'], True):
+                thing_anns.append({'id': len(thing_anns) + 1, 'image_id': im['id'],
+                                   'category_id': s['category_id'], 'bbox': s['bbox'],
+                                   'area': s.get('area', s['bbox'][2] * s['bbox'][3]),
+                                   'iscrowd': s.get('iscrowd', 0)})
             if s.get('iscrowd', 0):
                 continue
             x, y, w, h = s['bbox']
@@ -350,8 +361,15 @@ def load_panoptic(ann_file, image_dir, png_dir, on_bad_input='error', name=None,
         out['labels'].append(np.array(lab, np.int32))
         out['pngs'].append(os.path.join(png_dir, a['file_name']) if a.get('file_name') else None)
         out['segs'].append(np.array(sid, np.int64))
+        if a.get('file_name'):
+            gt_anns.append({'image_id': im['id'], 'file_name': a['file_name'],
+                            'segments_info': good})
     defect.report()
+    panoptic_gt = {'images': images, 'annotations': gt_anns, 'categories': data['categories']}
+    things_gt = {'images': images, 'annotations': thing_anns,
+                 'categories': [c for c in data['categories'] if is_thing[c['id']]]}
     return Source(name or os.path.basename(ann_file), out['paths'], np.array(out['ids'], np.int64),
                   np.array(out['hw'], np.int32).reshape(-1, 2), out['boxes'], out['labels'],
-                  label_map, panoptic_pngs=out['pngs'], segment_ids=out['segs'],
+                  label_map, ground_truth=things_gt, panoptic_pngs=out['pngs'],
+                  panoptic_ground_truth=panoptic_gt, segment_ids=out['segs'],
                   skipped=defect.skipped)

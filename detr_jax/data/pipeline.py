@@ -34,12 +34,13 @@ from PIL import Image, ImageOps
 from detr_jax.data.coco_format import DataError, Source
 from detr_jax.data.transforms import (Params, choose_bucket, eval_resize_params,
                                       sample_train_params, transform_boxes)
+from detr_jax.panoptic_format import rgb2id
 from detr_jax.paths import as_path, is_uri
 
 # What the jitted train / eval steps take from a batch; the rest (image ids,
 # sizes, and for drawings the whole batch) stays on the host.
 TRAIN_STEP_KEYS = ('images', 'pixel_mask', 'labels', 'boxes', 'valid', 'masks')
-EVAL_STEP_KEYS = ('images', 'pixel_mask', 'orig_size')
+EVAL_STEP_KEYS = ('images', 'pixel_mask', 'orig_size', 'size')
 
 
 def split_batch(batch, step_keys):
@@ -185,8 +186,7 @@ def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None,
     if cache is not None:
         cache[key] = (img, pan)
     if png or pan is not None:
-        ids = _open(pan if pan is not None else png.decode()).astype(np.int64)
-        ids = ids[..., 0] + 256 * ids[..., 1] + 65536 * ids[..., 2]
+        ids = rgb2id(_open(pan if pan is not None else png.decode()))
         masks = (ids[..., None] == segs[None, None, :]).astype(np.uint8)
     else:
         masks = np.zeros(img.shape[:2] + (len(segs),), np.uint8)

@@ -23,6 +23,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from detr_jax.panoptic_format import id2rgb
 from detr_jax.paths import as_path, is_uri
 
 # Bumped whenever rendering changes: cached exports are keyed by it.
@@ -145,10 +146,6 @@ def _bbox(mask):
             float(ys.max() - ys.min() + 1)]
 
 
-def _id2rgb(ids):
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], -1).astype(np.uint8)
-
-
 def _export_one(tmp, split, i, seed, min_size, max_size, max_objects):
     """Renders and writes image `i` (and its panoptic PNG) into `tmp`;
     returns its image entry, annotations (without ids) and panoptic segments."""
@@ -176,7 +173,7 @@ def _export_one(tmp, split, i, seed, min_size, max_size, max_objects):
         seg_map[m] = sid
         segments.append({'id': sid, 'category_id': int(cat), 'iscrowd': 0,
                          'bbox': _bbox(m), 'area': int(m.sum())})
-    Image.fromarray(_id2rgb(seg_map)).save(os.path.join(tmp, f'panoptic_{split}', fname),
+    Image.fromarray(id2rgb(seg_map)).save(os.path.join(tmp, f'panoptic_{split}', fname),
                                            compress_level=1)
     image = {'id': image_id, 'file_name': fname, 'height': h, 'width': w}
     return image, anns, {'image_id': image_id, 'file_name': fname, 'segments_info': segments}

@@ -40,7 +40,7 @@ def default_model_config():
         # Conditional DETR's decoder (Meng et al., 2021): a reference point
         # per query, cross-attention over [content | spatial] per head, boxes
         # predicted around the reference points. Not the original DETR; the
-        # CPU demo uses it (docs/experiments.md). Detection only, post-norm.
+        # CPU demo uses it (docs/experiments.md). Post-norm only.
         conditional=False,
     ))
 
@@ -62,9 +62,8 @@ def validate_model_config(cfg):
     if cfg.masks and (cfg.hidden_dim % 128 or (cfg.hidden_dim + cfg.nheads) % 8):
         bad('hidden_dim', 'the mask head needs a multiple of 128 with hidden_dim + nheads '
             'divisible by 8 (its GroupNorms have 8 groups down to hidden_dim/16 channels)')
-    if cfg.conditional and (cfg.masks or cfg.pre_norm):
-        bad('conditional', 'the conditional decoder is for detection (masks=False) and '
-            'post-norm (pre_norm=False) only')
+    if cfg.conditional and cfg.pre_norm:
+        bad('conditional', 'the conditional decoder is post-norm (pre_norm=False) only')
     if cfg.dtype not in _DTYPES:
         bad('dtype', f'must be one of {sorted(_DTYPES)}')
     for key in ('num_queries', 'num_classes', 'enc_layers', 'dec_layers', 'dim_feedforward'):
@@ -112,9 +111,11 @@ def full_model_config(cfg):
     return full
 
 
-def build_model(cfg):
+def build_model(cfg, freeze_detr=False):
     """The Flax module for `cfg` (a `config.model` ConfigDict or dict; keys
-    it lacks take `default_model_config`'s values)."""
+    it lacks take `default_model_config`'s values). `freeze_detr`
+    (panoptic models, `config.train.freeze_detr`): no gradient reaches the
+    detector."""
     cfg = full_model_config(cfg)
     validate_model_config(cfg)
     detr = DETR(
@@ -125,4 +126,4 @@ def build_model(cfg):
         norm=cfg.norm, position_embedding=cfg.position_embedding, aux_loss=cfg.aux_loss,
         remat=cfg.remat, train_stages=tuple(cfg.train_stages), conditional=cfg.conditional,
         dtype=_DTYPES[cfg.dtype])
-    return DETRPanoptic(detr=detr) if cfg.masks else detr
+    return DETRPanoptic(detr=detr, freeze_detr=freeze_detr) if cfg.masks else detr

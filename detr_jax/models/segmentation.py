@@ -78,14 +78,22 @@ class DETRPanoptic(nn.Module):
     """DETR (nested under `detr`, as the original's DETRsegm) + mask head.
 
     Adds `pred_masks` [B, Q, ceil(H/4), ceil(W/4)] (float32 logits) to DETR's
-    outputs.
+    outputs. With `freeze_detr` (the original's second stage,
+    `--frozen_weights`) no gradient flows into the detector: the mask head
+    learns on its fixed features (the optimizer leaves the detector's
+    parameters as they are: `optim.param_labels`).
     """
     detr: DETR
+    freeze_detr: bool = False
 
     @nn.compact
     def __call__(self, images, pixel_mask, train=False):
-        hs, memory, src_proj, mask, feats = self.detr.encode(images, pixel_mask, train)
-        out = self.detr.heads(hs)
+        hs, memory, src_proj, mask, feats, ref = self.detr.encode_with_reference(
+            images, pixel_mask, train)
+        if self.freeze_detr:
+            hs, memory, src_proj, feats, ref = jax.lax.stop_gradient(
+                (hs, memory, src_proj, feats, ref))
+        out = self.detr.heads(hs, ref)
         d = self.detr
         bbox_mask = MHAttentionMap(d.hidden_dim, d.nheads, d.dtype, name='bbox_attention')(
             hs[-1], memory, mask)
