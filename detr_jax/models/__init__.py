@@ -59,9 +59,9 @@ def validate_model_config(cfg):
         bad('hidden_dim', f'must be divisible by nheads={cfg.nheads}')
     if cfg.hidden_dim % 2:
         bad('hidden_dim', 'must be even (half the channels encode y, half x)')
-    if cfg.masks and (cfg.hidden_dim % 128 or (cfg.hidden_dim + cfg.nheads) % 8):
-        bad('hidden_dim', 'the mask head needs a multiple of 128 with hidden_dim + nheads '
-            'divisible by 8 (its GroupNorms have 8 groups down to hidden_dim/16 channels)')
+    if cfg.masks and cfg.hidden_dim % 16:
+        bad('hidden_dim', 'the mask head needs a multiple of 16 (its last layers have '
+            'hidden_dim/8 and hidden_dim/16 channels)')
     if cfg.conditional and cfg.pre_norm:
         bad('conditional', 'the conditional decoder is post-norm (pre_norm=False) only')
     if cfg.dtype not in _DTYPES:

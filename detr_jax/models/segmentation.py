@@ -1,4 +1,5 @@
 """The panoptic model: DETR plus the attention map and FPN-style mask head."""
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -39,7 +40,10 @@ class MHAttentionMap(nn.Module):
 
 class MaskHeadSmallConv(nn.Module):
     """Upsamples [projected features | attention maps] with the backbone's
-    layer3/2/1 features (FPN), GroupNorm(8) after every conv.
+    layer3/2/1 features (FPN), GroupNorm(8) after every conv: the
+    original's for `context_dim` a multiple of 128 (every official model);
+    a smaller head (the CPU demo's d=64) takes gcd(8, channels) groups
+    where 8 do not divide its channels.
 
     Returns [B, Q, H1, W1] logits at layer1's resolution (stride 4).
     """
@@ -56,20 +60,21 @@ class MaskHeadSmallConv(nn.Module):
         conv = lambda f, k, name: TorchConv(  # noqa: E731
             f, k, padding=k // 2, kernel_init=_kaiming_a1, bias_init=nn.initializers.zeros,
             dtype=self.dtype, name=name)
-        gn = lambda name: nn.GroupNorm(  # noqa: E731
-            num_groups=8, epsilon=1e-5, use_fast_variance=False, dtype=self.dtype, name=name)
+        gn = lambda name, ch: nn.GroupNorm(  # noqa: E731
+            num_groups=math.gcd(8, ch), epsilon=1e-5, use_fast_variance=False,
+            dtype=self.dtype, name=name)
         h, w = x.shape[1:3]
         x = jnp.broadcast_to(x[:, None], (b, q) + x.shape[1:])
         x = jnp.concatenate([x, jnp.moveaxis(bbox_mask, 2, -1).astype(x.dtype)], axis=-1)
         x = x.reshape((b * q, h, w, dim))
-        x = nn.relu(gn('gn1')(conv(dim, 3, 'lay1')(x)))
-        x = nn.relu(gn('gn2')(conv(inter[1], 3, 'lay2')(x)))
+        x = nn.relu(gn('gn1', dim)(conv(dim, 3, 'lay1')(x)))
+        x = nn.relu(gn('gn2', inter[1])(conv(inter[1], 3, 'lay2')(x)))
         for i, fpn in enumerate(fpns):
             cur = conv(inter[i + 1], 1, f'adapter{i + 1}')(fpn)
             fh, fw = cur.shape[1:3]
             up = nearest_resize(x, (fh, fw)).reshape((b, q, fh, fw, -1))
             x = (cur[:, None] + up).reshape((b * q, fh, fw, -1))
-            x = nn.relu(gn(f'gn{i + 3}')(conv(inter[i + 2], 3, f'lay{i + 3}')(x)))
+            x = nn.relu(gn(f'gn{i + 3}', inter[i + 2])(conv(inter[i + 2], 3, f'lay{i + 3}')(x)))
         x = conv(1, 3, 'out_lay')(x)
         return x.reshape((b, q) + x.shape[1:3])
 

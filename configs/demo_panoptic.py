@@ -1,0 +1,50 @@
+"""The panoptic demo: the detection demo's model (configs/demo.py) with the
+original's mask head, on the synthetic set's things (6 shapes) and stuff
+(sky, ground), trained in the original's two stages.
+
+Commands (a fresh machine, CPU only):
+  # (a) the detector on boxes of things and stuff; it starts from the
+  #     detection demo's workdir (workdir/demo) when there is one, with a new
+  #     class head, else from scratch:
+  python -m detr_jax.main --config=configs/demo_panoptic.py:detector \
+      --workdir=workdir/demo_panoptic_detector
+  # (b) the mask head alone on the frozen detector of (a):
+  python -m detr_jax.main --config=configs/demo_panoptic.py \
+      --workdir=workdir/demo_panoptic
+Hardware: 2 CPU cores.
+Expected: not measured yet. The target is PQ >= 50 on the synthetic
+validation split, stage (b) within 10 minutes (docs/experiments.md).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import demo  # noqa: E402
+
+DETECTION_DEMO = os.path.join('workdir', 'demo')
+DETECTOR = os.path.join('workdir', 'demo_panoptic_detector')
+
+
+def get_config(stage='masks'):
+    """stage: 'detector' (a) or 'masks' (b)."""
+    if stage not in ('detector', 'masks'):
+        raise ValueError(f"configs/demo_panoptic.py:{stage}: the stage is 'detector' or 'masks'")
+    c = demo.get_config()
+    c.data.panoptic = True
+    c.model.num_classes = 8  # 6 things + 2 stuff
+    # the demo's 12 queries (its weights start stage (a)): up to 8 things and
+    # 2 stuff segments per image
+    c.train.panoptic_threshold = 0.85
+    if stage == 'detector':
+        if os.path.isdir(os.path.join(DETECTION_DEMO, 'checkpoints')):
+            c.train.init_from = DETECTION_DEMO
+            c.train.reinit_class_head = True
+        return c
+    c.model.masks = True
+    c.train.freeze_detr = True
+    c.train.init_from = DETECTOR
+    c.train.max_steps = 4000
+    c.optim.warmup_steps = 0
+    c.optim.lr_drop_epochs = 10 ** 6  # no drop within max_steps
+    c.train.eval_every = 1000
+    return c
