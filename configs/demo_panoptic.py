@@ -37,8 +37,12 @@ def get_config(stage='masks'):
     c.train.panoptic_threshold = 0.85
     if stage == 'detector':
         if os.path.isdir(os.path.join(DETECTION_DEMO, 'checkpoints')):
+            # the detection demo's weights: things are known, stuff is new
             c.train.init_from = DETECTION_DEMO
             c.train.reinit_class_head = True
+            c.train.max_steps = 6000
+            c.optim.lr_drop_epochs = 18  # x0.1 at step ~4500 (249 steps per epoch)
+            c.train.eval_every = 2000
         return c
     c.model.masks = True
     c.train.freeze_detr = True

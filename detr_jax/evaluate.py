@@ -86,19 +86,20 @@ class PanopticEval:
     json entries (`annotations`).
 
     `source` must have `panoptic_ground_truth` (COCO panoptic json) and
-    `panoptic_pngs`; its label map's `isthing` tells stuff classes (which
+    its PNGs (`Source.panoptic_ids`); its label map's `isthing` tells stuff classes (which
     merge) from things."""
 
     def __init__(self, source, out_dir=None):
         if source.panoptic_ground_truth is None:
             raise ValueError(f'{source.name}: no panoptic ground truth to compute PQ against '
-                             '(a COCO panoptic json and its PNG folder: data.panoptic with '
-                             "dataset='coco_folder' or 'synthetic')")
+                             '(data.panoptic=True: a COCO panoptic json and its PNGs, the '
+                             'synthetic set or TFDS coco/2017_panoptic)')
         from detr_jax.pq import PQStat
         gt = source.panoptic_ground_truth
         self.categories = {c['id']: c for c in gt['categories']}
         self.gt = {a['image_id']: a for a in gt['annotations']}
-        self.gt_png = {int(i): p for i, p in zip(source.image_ids, source.panoptic_pngs)}
+        self.source = source
+        self.position = {int(image_id): i for i, image_id in enumerate(source.image_ids)}
         self.label_map = source.label_map
         self.is_thing = np.array([bool(source.label_map.get(i, {}).get('isthing', False))
                                   for i in range(source.num_classes)])
@@ -109,7 +110,7 @@ class PanopticEval:
         """One eval batch: `batch` this host's rows (numpy), `out` the eval
         step's global outputs. Returns the segments of this host's images
         (`postprocess.panoptic`'s, None for fillers)."""
-        from detr_jax.panoptic_format import read_ids, write_ids
+        from detr_jax.panoptic_format import write_ids
         from detr_jax.postprocess import panoptic_segments
         from detr_jax.pq import image_stat
         parts = {k[4:]: np.asarray(_local_rows(out[k], mesh))
@@ -122,8 +123,9 @@ class PanopticEval:
                 continue
             pred = segments[i]
             gt = self.gt.get(image_id, {'segments_info': []})
-            png = self.gt_png.get(image_id)
-            gt_ids = read_ids(png) if png else np.zeros(pred['ids'].shape, np.int64)
+            gt_ids = self.source.panoptic_ids(self.position[image_id])
+            if gt_ids is None:  # an image the panoptic json does not annotate: all void
+                gt_ids = np.zeros(pred['ids'].shape, np.int64)
             self.stat += image_stat(gt_ids, gt['segments_info'], pred['ids'],
                                     pred['segments_info'], self.categories, image_id)
             file_name = f'{image_id:012d}.png'

@@ -25,9 +25,17 @@ def rgb2id(rgb):
 
 def read_ids(path):
     """The segment-id map [H, W] int64 of a panoptic PNG at `path`."""
-    with Image.open(io.BytesIO(as_path(path).read_bytes())) as im:
+    return decode_ids(as_path(path).read_bytes(), what=path)
+
+
+def decode_ids(data, what='a panoptic image'):
+    """Segment ids [H, W] int64 of an encoded panoptic PNG (bytes) or of
+    an already decoded RGB array (TFDS's)."""
+    if not isinstance(data, (bytes, np.bytes_)):
+        return rgb2id(np.asarray(data))
+    with Image.open(io.BytesIO(data)) as im:
         if im.mode != 'RGB':
-            raise ValueError(f'{path}: a panoptic PNG is RGB (id = R + 256 G + 256^2 B), '
+            raise ValueError(f'{what}: a panoptic PNG is RGB (id = R + 256 G + 256^2 B), '
                              f'this one is {im.mode}')
         return rgb2id(np.asarray(im))
 

@@ -1,4 +1,6 @@
-"""Single-image / folder inference: boxes, names and scores on pictures."""
+"""Single-image / folder inference: boxes, names and scores on pictures;
+panoptic checkpoints also give segments (COCO's panoptic PNG + json and a
+coloured overlay)."""
 import argparse
 import os
 import sys
@@ -12,8 +14,9 @@ from detr_jax import checkpoints, draw
 from detr_jax.data.normalize import normalize
 from detr_jax.data.transforms import get_size_with_aspect_ratio
 from detr_jax.models import build_model
-from detr_jax.paths import as_path, write_png
-from detr_jax.postprocess import detections, select
+from detr_jax.panoptic_format import write_ids
+from detr_jax.paths import as_path, write_json, write_png
+from detr_jax.postprocess import detections, panoptic, select
 
 
 def load_any(path):
@@ -42,16 +45,31 @@ def prepare(image, size, max_size):
     return out, mask
 
 
-def predict_images(model_cfg, variables, paths, size, max_size, threshold=0.5):
+def predict_images(model_cfg, variables, paths, size, max_size, threshold=0.5,
+                   label_map=None, panoptic_threshold=0.85):
+    """[(path, image, detections)] for each image path; a panoptic model's
+    detections also hold `panoptic` (`postprocess.panoptic`'s segments at
+    the image's size, queries kept above `panoptic_threshold`)."""
     model = build_model(model_cfg)
-    apply = jax.jit(lambda v, x, m, s: detections(model.apply(v, normalize(x, m), m), s))
+    apply = jax.jit(lambda v, x, m: model.apply(v, normalize(x, m), m))
+    is_thing = None
+    if model_cfg.get('masks'):
+        lm = label_map or {}
+        is_thing = np.array([bool(lm.get(i, {}).get('isthing', True))
+                             for i in range(model_cfg.num_classes)])
     results = []
     for p in paths:
         with Image.open(p) as im:
             image = np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
         x, m = prepare(image, size, max_size)
-        dets = apply(variables, jnp.asarray(x), jnp.asarray(m), jnp.asarray([image.shape[:2]]))
-        results.append((p, image, select(jax.device_get(dets), threshold)[0]))
+        out = apply(variables, jnp.asarray(x), jnp.asarray(m))
+        orig = np.array([image.shape[:2]])
+        dets = select(jax.device_get(detections(out, jnp.asarray(orig))), threshold)[0]
+        if is_thing is not None:
+            hw = np.array([m[0].any(1).sum(), m[0].any(0).sum()])[None]
+            dets['panoptic'] = panoptic(out, hw, orig, is_thing, panoptic_threshold,
+                                        label_map)[0]
+        results.append((p, image, dets))
     return results
 
 
@@ -61,6 +79,8 @@ def cli(argv):
     ap.add_argument('--checkpoint', required=True)
     ap.add_argument('--out', default='predictions')
     ap.add_argument('--threshold', type=float, default=0.5)
+    ap.add_argument('--panoptic_threshold', type=float, default=0.85,
+                    help='panoptic checkpoints: the score a query needs to make a segment')
     a = ap.parse_args(argv)
     paths = []
     for p in a.images:
@@ -74,12 +94,31 @@ def cli(argv):
             return 1
     cfg, variables, label_map, (size, max_size) = load_any(a.checkpoint)
     out = as_path(a.out)
-    for p, image, d in predict_images(cfg, variables, paths, size, max_size, a.threshold):
+    annotations = []
+    for p, image, d in predict_images(cfg, variables, paths, size, max_size, a.threshold,
+                                      label_map, a.panoptic_threshold):
         pic = draw.draw_boxes(image, d['boxes'], d['labels'], d['scores'], label_map)
-        dst = out / (os.path.splitext(os.path.basename(p))[0] + '_pred.png')
+        stem = os.path.splitext(os.path.basename(p))[0]
+        if 'panoptic' in d:
+            seg = d['panoptic']
+            pic = draw.grid([pic, draw.draw_panoptic(image, seg['ids'], seg['segments_info'],
+                                                     label_map)], cols=2)
+            write_ids(out / 'panoptic' / f'{stem}.png', seg['ids'])
+            annotations.append({'file_name': f'{stem}.png', 'image': p,
+                                'segments_info': seg['segments_info']})
+        dst = out / (stem + '_pred.png')
         write_png(dst, pic)
         print(f'{p}: {len(d["scores"])} detections -> {dst}')
+        if 'panoptic' in d:
+            names = [label_map.get(s['label'], {}).get('name', str(s['category_id']))
+                     for s in d['panoptic']['segments_info']]
+            print(f'  {len(names)} segments: {", ".join(names)}')
         for s, l, b in zip(d['scores'], d['labels'], d['boxes']):
             name = label_map.get(int(l), {}).get('name', str(int(l)))
             print(f'  {name:>12s} {s:.2f}  [{", ".join(f"{v:.0f}" for v in b)}]')
+    if annotations:  # COCO's panoptic format (image ids: the files' order)
+        for i, a_ in enumerate(annotations):
+            a_['image_id'] = i
+        write_json(out / 'panoptic.json', {'annotations': annotations})
+        print(f'segments in COCO\'s panoptic format: {out / "panoptic.json"}, {out / "panoptic"}/')
     return 0

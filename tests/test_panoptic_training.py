@@ -125,3 +125,26 @@ def test_freeze_detr_needs_a_mask_head():
     c.train.freeze_detr = True
     with pytest.raises(ValueError, match='config.train.freeze_detr=True.*config.model.masks'):
         validate_config(c)
+
+
+def test_predict_draws_and_writes_a_panoptic_checkpoints_segments(two_stages, tmp_path, capsys):
+    from PIL import Image
+    from detr_jax import predict
+    from detr_jax.panoptic_format import read_ids
+    root = two_stages[0]
+    images = sorted((root / 'data').glob('*/n16/val/images/*.png'))[:2]
+    assert predict.cli([str(p) for p in images] + [
+        '--checkpoint', str(root / 'b'), '--out', str(tmp_path / 'out'),
+        '--panoptic_threshold', '0.0']) == 0
+    listing = json.loads((tmp_path / 'out' / 'panoptic.json').read_text())
+    assert [a['file_name'] for a in listing['annotations']] == [p.name for p in images]
+    for p, a in zip(images, listing['annotations']):
+        ids = read_ids(tmp_path / 'out' / 'panoptic' / a['file_name'])
+        with Image.open(p) as im:
+            assert ids.shape == (im.height, im.width)
+        assert a['segments_info'], 'threshold 0 keeps every query that is not no-object'
+        for s in a['segments_info']:
+            assert s['area'] == int((ids == s['id']).sum()) > 4
+        pic = np.asarray(Image.open(tmp_path / 'out' / f'{p.stem}_pred.png'))
+        assert pic.shape[1] > 2 * ids.shape[1]  # boxes and the overlay side by side
+    assert 'segments:' in capsys.readouterr().out

@@ -234,3 +234,34 @@ def test_train_and_evaluate_on_tfds(tmp_path, prepared):
     thing_ids = {i for i, _, t in COCO_CATEGORIES if t}
     assert dets and {d['category_id'] for d in dets} <= thing_ids
     assert {d['image_id'] for d in dets} == {200, 201}
+
+
+def test_tfds_panoptic_ground_truth_for_pq(prepared):
+    """coco/2017_panoptic carries what PQ needs: COCO's panoptic json (from
+    the index) and each example's segment PNG; the ground truth scores PQ 1
+    against itself, its crowd segment ignored."""
+    import pathlib
+    from detr_jax.pq import PQStat, image_stat, summarize
+    data_dir, cache = prepared
+    src = load_tfds('coco/2017_panoptic', 'train', data_dir, cache_dir=cache)
+    gt = src.panoptic_ground_truth
+    assert len(gt['categories']) == 133 and sum(c['isthing'] for c in gt['categories']) == 80
+    download = pathlib.Path(data_dir).parent / 'download' / 'annotations_dl' / 'annotations'
+    want = {a['image_id']: a for a in
+            json.loads((download / 'panoptic_train2017.json').read_text())['annotations']}
+    anns = {a['image_id']: a for a in gt['annotations']}
+    cats = {c['id']: c for c in gt['categories']}
+    stat = PQStat()
+    for i, image_id in enumerate(int(x) for x in src.image_ids):
+        segs = anns[image_id]['segments_info']
+        key = lambda s: (s['id'], s['category_id'], s['iscrowd'], s['area'])  # noqa: E731
+        assert [key(s) for s in segs] == [key(s) for s in want[image_id]['segments_info']]
+        ids = src.panoptic_ids(i)
+        assert ids.shape == tuple(src.sizes[i])
+        assert set(np.unique(ids).tolist()) - {0} == {s['id'] for s in segs}
+        stat += image_stat(ids, segs, ids, segs, cats, image_id)
+    pq = summarize(stat, cats)
+    assert pq['All'] == {'pq': 1.0, 'sq': 1.0, 'rq': 1.0, 'n': 3}  # person, dog, bottle (car: crowd only)
+    # box AP of a panoptic split is over the things
+    box_gt = json.load(open(src.ground_truth))
+    assert len(box_gt['categories']) == 80

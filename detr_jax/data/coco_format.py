@@ -60,6 +60,14 @@ class Source:
     def __len__(self):
         return len(self.image_paths)
 
+    def panoptic_ids(self, i):
+        """Image `i`'s ground-truth segment-id map [H, W] int64 (from its
+        PNG, or its TFDS example's panoptic image); None if it has none."""
+        from detr_jax.panoptic_format import decode_ids, read_ids
+        if self.reader is not None:
+            return decode_ids(self.reader(int(self.reader_index[i]))[1])
+        return read_ids(self.panoptic_pngs[i]) if self.panoptic_pngs[i] else None
+
     def head(self, n):
         """The same source cut to its first `n` images (every per-image field)."""
         return dataclasses.replace(self, **{k: getattr(self, k)[:n] for k in self.PER_IMAGE

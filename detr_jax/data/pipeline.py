@@ -237,7 +237,7 @@ def _filler_transform(e, with_masks):
     return out
 
 
-def _elements(source, batches, cfg, lo, hi):
+def _elements(source, batches, cfg, lo, hi, with_masks):
     m = cfg.max_boxes
     rows = collections.defaultdict(list)
     for bucket, items in batches:
@@ -247,8 +247,8 @@ def _elements(source, batches, cfg, lo, hi):
             rows['path'].append('' if it.index < 0 else source.image_paths[it.index])
             rows['index'].append(-1 if it.index < 0 or source.reader is None
                                  else int(source.reader_index[it.index]))
-            png = None
-            if it.index >= 0 and source.panoptic_pngs is not None:
+            png = None  # read only when masks are wanted
+            if with_masks and it.index >= 0 and source.panoptic_pngs is not None:
                 png = source.panoptic_pngs[it.index]
             rows['png'].append(png or '')
             segs = np.full((m,), -1, np.int64)
@@ -287,7 +287,7 @@ def make_tf_dataset(source, batches, cfg, local_batch, lo, hi, with_masks=False,
     if not batches:
         return None
     _keep_tensorflow_off_accelerators()
-    el = _elements(source, batches, cfg, lo, hi)
+    el = _elements(source, batches, cfg, lo, hi, with_masks)
     skip_bad = cfg.on_bad_input == 'skip'
     ds = tf.data.Dataset.from_tensor_slices(el)
     ds = ds.map(lambda e: tf.cond(e['filler'], lambda: _filler_transform(e, with_masks),

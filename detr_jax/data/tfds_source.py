@@ -42,7 +42,7 @@ ALL_IDS = tuple(i for i, _, _ in COCO_CATEGORIES)
 _NAMES = {i: n for i, n, _ in COCO_CATEGORIES}
 _SPLITS = {'train': 'train', 'val': 'validation', 'validation': 'validation'}
 # Bumped when the index layout changes: cached indexes are keyed by it.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 
 
 def _objects_key(name):
@@ -206,7 +206,9 @@ def build_index(reader, on_bad_input='error', progress_every=5000):
             crowd = bool(objs['is_crowd'][k])
             area = float(objs['area'][k]) if 'area' in objs else (xyxy[2] - xyxy[0]) * (xyxy[3] - xyxy[1])
             gt.append({'category_id': cat, 'iscrowd': int(crowd), 'area': area,
-                       'bbox': [xyxy[0], xyxy[1], xyxy[2] - xyxy[0], xyxy[3] - xyxy[1]]})
+                       'bbox': [xyxy[0], xyxy[1], xyxy[2] - xyxy[0], xyxy[3] - xyxy[1]],
+                       # the id of the object (panoptic: of its segment in the PNG)
+                       'segment_id': int(objs['id'][k])})
             if crowd:
                 continue  # evaluation only
             if xyxy[2] <= xyxy[0] or xyxy[3] <= xyxy[1]:
@@ -238,13 +240,17 @@ def _cache_path(cache_dir, reader, on_bad_input):
 
 
 def write_gt_json(path, index, categories):
-    """COCO ground truth from the index (crowd objects included)."""
+    """COCO ground truth from the index (crowd objects included) for the
+    objects of `categories` (panoptic: the things)."""
     images, anns = [], []
+    wanted = {c['id'] for c in categories}
     for image_id, (h, w), gt in zip(index['image_id'], index['hw'], index['gt']):
         images.append({'id': int(image_id), 'height': int(h), 'width': int(w),
                        'file_name': f'{image_id}.jpg'})
         for a in gt:
-            anns.append(dict(a, id=len(anns) + 1, image_id=int(image_id)))
+            if a['category_id'] in wanted:
+                a = {k: v for k, v in a.items() if k != 'segment_id'}
+                anns.append(dict(a, id=len(anns) + 1, image_id=int(image_id)))
     tmp = as_path(f'{path}.tmp{os.getpid()}')
     tmp.write_text(json.dumps({'images': images, 'annotations': anns, 'categories': categories}))
     tmp.rename(path)
@@ -270,10 +276,11 @@ def load_tfds(name, split, data_dir='', on_bad_input='error', cache_dir='', ann_
         tmp.rename(path)
     table = ALL_IDS if reader.panoptic else THING_IDS
     label_map = {i: {'id': i, 'name': _NAMES[i], 'isthing': i in THING_IDS} for i in table}
-    if not ann_file:
+    if not ann_file:  # box AP: of the things for a panoptic split
         ann_file = path[:-4] + '_gt.json'
         if not as_path(ann_file).exists():
-            write_gt_json(ann_file, index, [{'id': i, 'name': _NAMES[i]} for i in table])
+            write_gt_json(ann_file, index, [{'id': i, 'name': _NAMES[i]} for i in THING_IDS
+                                            if i in table])
     src = Source(f'{name}-{reader.split}',
                  [reader.describe(i) for i in index['index']],
                  np.array(index['image_id'], np.int64),
@@ -283,4 +290,21 @@ def load_tfds(name, split, data_dir='', on_bad_input='error', cache_dir='', ann_
                  reader_index=np.array(index['index'], np.int64))
     if reader.panoptic:
         src.segment_ids = index['segs']
+        src.panoptic_ground_truth = panoptic_ground_truth(index, table)
     return src
+
+
+def panoptic_ground_truth(index, category_ids):
+    """COCO's panoptic json of a panoptic split's index (the PNGs stay in
+    the examples: `Source.panoptic_ids`)."""
+    images, anns = [], []
+    for image_id, (h, w), gt in zip(index['image_id'], index['hw'], index['gt']):
+        images.append({'id': int(image_id), 'height': int(h), 'width': int(w),
+                       'file_name': f'{image_id}.jpg'})
+        anns.append({'image_id': int(image_id), 'file_name': f'{image_id}.png',
+                     'segments_info': [{'id': a['segment_id'], 'category_id': a['category_id'],
+                                        'iscrowd': a['iscrowd'], 'area': a['area'],
+                                        'bbox': a['bbox']} for a in gt]})
+    return {'images': images, 'annotations': anns,
+            'categories': [{'id': i, 'name': _NAMES[i], 'isthing': int(i in THING_IDS)}
+                           for i in category_ids]}
