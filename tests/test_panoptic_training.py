@@ -148,3 +148,11 @@ def test_predict_draws_and_writes_a_panoptic_checkpoints_segments(two_stages, tm
         pic = np.asarray(Image.open(tmp_path / 'out' / f'{p.stem}_pred.png'))
         assert pic.shape[1] > 2 * ids.shape[1]  # boxes and the overlay side by side
     assert 'segments:' in capsys.readouterr().out
+
+
+def test_mode_eval_of_a_panoptic_workdir_reports_the_same_pq(two_stages):
+    from detr_jax.evaluate import evaluate_checkpoint
+    root, _, masks = two_stages
+    again = evaluate_checkpoint(str(root / 'b'))
+    for k in ('PQ', 'PQ_th', 'PQ_st', 'SQ', 'RQ', 'AP'):
+        assert again[k] == masks[k], k
