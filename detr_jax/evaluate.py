@@ -18,7 +18,10 @@ from detr_jax import checkpoints, console
 from detr_jax.config_defaults import validate_config
 from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import EVAL_STEP_KEYS, eval_batches, split_batch
+from detr_jax.panoptic_format import write_ids
 from detr_jax.paths import as_path, metric_writer, read_json, write_json, write_png
+from detr_jax.postprocess import panoptic_segments
+from detr_jax.pq import PQStat, image_stat, summarize
 from detr_jax.pq import pq_compute  # noqa: F401  (panopticapi's entry point, here)
 from detr_jax.sharding import make_mesh, to_global, to_host
 
@@ -86,15 +89,14 @@ class PanopticEval:
     json entries (`annotations`).
 
     `source` must have `panoptic_ground_truth` (COCO panoptic json) and
-    its PNGs (`Source.panoptic_ids`); its label map's `isthing` tells stuff classes (which
-    merge) from things."""
+    its PNGs (`Source.panoptic_ids`); its label map's `isthing` tells
+    stuff classes (which merge) from things."""
 
     def __init__(self, source, out_dir=None):
         if source.panoptic_ground_truth is None:
             raise ValueError(f'{source.name}: no panoptic ground truth to compute PQ against '
                              '(data.panoptic=True: a COCO panoptic json and its PNGs, the '
                              'synthetic set or TFDS coco/2017_panoptic)')
-        from detr_jax.pq import PQStat
         gt = source.panoptic_ground_truth
         self.categories = {c['id']: c for c in gt['categories']}
         self.gt = {a['image_id']: a for a in gt['annotations']}
@@ -110,9 +112,6 @@ class PanopticEval:
         """One eval batch: `batch` this host's rows (numpy), `out` the eval
         step's global outputs. Returns the segments of this host's images
         (`postprocess.panoptic`'s, None for fillers)."""
-        from detr_jax.panoptic_format import write_ids
-        from detr_jax.postprocess import panoptic_segments
-        from detr_jax.pq import image_stat
         parts = {k[4:]: np.asarray(_local_rows(out[k], mesh))
                  for k in ('pan_keep', 'pan_labels', 'pan_winners')}
         segments = panoptic_segments(parts, _local_rows(out['pred_masks'], mesh), batch['size'],
@@ -139,13 +138,21 @@ class PanopticEval:
 
     def summary(self):
         """panopticapi's dict (`pq.summarize`) over every host's images."""
-        from detr_jax.pq import PQStat, summarize
         stat = self.stat
         if jax.process_count() > 1:
+            # JAX moves 32-bit values: the float64 IoU sums travel as two
+            # float32 parts (exact to ~1e-14), the counts as int32
             from jax.experimental import multihost_utils
             cats = sorted(self.categories)
-            every = multihost_utils.process_allgather(stat.as_array(cats))
-            stat = PQStat.from_array(np.asarray(every).sum(0), cats)
+            mine = stat.as_arrays(cats)
+            hi = mine['iou'].astype(np.float32)
+            parts = {'hi': hi, 'lo': (mine['iou'] - hi).astype(np.float32),
+                     'counts': mine['counts'].astype(np.int32)}
+            every = {k: np.asarray(v) for k, v in
+                     multihost_utils.process_allgather(parts).items()}
+            iou = (every['hi'].astype(np.float64) + every['lo'].astype(np.float64)).sum(0)
+            stat = PQStat.from_arrays({'iou': iou,
+                                       'counts': every['counts'].astype(np.int64).sum(0)}, cats)
         return summarize(stat, self.categories)
 
 

@@ -42,20 +42,21 @@ class PQStat:
                 mine[k] += v
         return self
 
-    def as_array(self, category_ids):
-        """[K, 4] float64 (iou, tp, fp, fn) in `category_ids` order: what
-        hosts sum (`from_array` reads it back)."""
-        return np.array([[self.iou[c], self.tp[c], self.fp[c], self.fn[c]] for c in category_ids],
-                        np.float64).reshape(-1, 4)
+    def as_arrays(self, category_ids):
+        """{'iou': float64 [K], 'counts': int64 [K, 3] (tp, fp, fn)} in
+        `category_ids` order: what hosts sum (`from_arrays` reads it back)."""
+        return {'iou': np.array([self.iou[c] for c in category_ids], np.float64),
+                'counts': np.array([[self.tp[c], self.fp[c], self.fn[c]] for c in category_ids],
+                                   np.int64).reshape(-1, 3)}
 
     @classmethod
-    def from_array(cls, arr, category_ids):
+    def from_arrays(cls, arrays, category_ids):
         stat = cls()
-        for c, (iou, tp, fp, fn) in zip(category_ids, np.asarray(arr)):
+        for c, iou, (tp, fp, fn) in zip(category_ids, arrays['iou'], arrays['counts']):
             stat.iou[c] += float(iou)
-            stat.tp[c] += int(round(tp))
-            stat.fp[c] += int(round(fp))
-            stat.fn[c] += int(round(fn))
+            stat.tp[c] += int(tp)
+            stat.fp[c] += int(fp)
+            stat.fn[c] += int(fn)
         return stat
 
 

@@ -9,7 +9,9 @@
   run resumes from there like an uninterrupted one.
 - SIGKILL to one: the other exits non-zero within the heartbeat timeout,
   naming the lost task; both restarted resume from the last checkpoint.
+- A panoptic evaluation in two processes reports one process's PQ.
 """
+import json
 import os
 import shutil
 import signal
@@ -18,6 +20,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from test_preemption import _wait_for
 from test_shards import _free_port
@@ -164,3 +167,39 @@ def test_a_lost_process_stops_the_other_and_both_restarted_resume(tmp_path):
     outs = _finish(procs)
     assert f'resumed from step {saved}' in outs[0]
     assert _params(wd)[0] == 8
+
+
+def test_panoptic_evaluation_of_two_processes_sums_their_pq(tmp_path):
+    """A panoptic model's `--mode=eval` in two processes (each post-processes
+    and scores its own images) reports the PQ of one process over all."""
+    cache = str(tmp_path / 'data')
+    panoptic = ['--config.data.panoptic=True', '--config.model.masks=True',
+                '--config.model.num_classes=8', '--config.model.hidden_dim=128',
+                '--config.model.nheads=8', '--config.train.panoptic_threshold=0.0',
+                '--config.train.max_steps=2']
+    one = tmp_path / 'one'
+    _one(one, cache, 1, *panoptic)  # trains (no evaluation with --mode=train)
+    r = subprocess.run([os.sys.executable, '-m', 'detr_jax.main', f'--workdir={one}',
+                        '--mode=eval'], env=_env(1), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    want = json.loads((one / 'eval' / 'metrics_2.json').read_text())
+    assert want['images'] == 16 and want['PQ'] is not None
+    procs = []
+    port = _free_port()
+    for pid in range(2):
+        procs.append(subprocess.Popen(
+            [os.sys.executable, '-m', 'detr_jax.main', f'--workdir={one}', '--mode=eval',
+             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+             f'--process_id={pid}'], env=_env(2), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out = p.communicate(timeout=900)[0]
+        assert p.returncode == 0, out[-3000:]
+    got = json.loads((one / 'eval' / 'metrics_2.json').read_text())
+    for k in ('PQ', 'SQ', 'RQ', 'PQ_th', 'PQ_st', 'AP'):
+        assert got[k] == pytest.approx(want[k], abs=1e-12), k
+    # each process wrote its own images' segments
+    parts = [json.loads((one / 'eval' / f'panoptic_2.process{p}.json').read_text())
+             for p in range(2)]
+    ids = [a['image_id'] for part in parts for a in part['annotations']]
+    assert len(ids) == len(set(ids)) == 16
