@@ -11,9 +11,11 @@ Commands (a fresh machine, CPU only):
   # (b) the mask head alone on the frozen detector of (a):
   python -m detr_jax.main --config=configs/demo_panoptic.py \
       --workdir=workdir/demo_panoptic
-Hardware: 2 CPU cores.
-Expected: not measured yet. The target is PQ >= 50 on the synthetic
-validation split, stage (b) within 10 minutes (docs/experiments.md).
+Hardware: 2 CPU cores. Wall time (12-04, compilation included): stage (a)
+from the detection demo's step 20000, 6000 steps: 12.0 minutes; stage (b),
+2000 steps: 7.9 minutes.
+Expected: stage (a) box AP on things 54.4; stage (b) PQ 53.9 (things 44.8,
+stuff 80.9), 47.9 at step 1000 (README; docs/experiments.md).
 """
 import os
 import sys
