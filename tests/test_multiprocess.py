@@ -151,6 +151,12 @@ def test_a_lost_process_stops_the_other_and_both_restarted_resume(tmp_path):
             '--config.train.checkpoint_every=4']
     procs = _start_two(wd, cache, *args, heartbeat=10)
     _wait_for(procs[0], ' 5/100000')
+    # the step-4 checkpoint is written asynchronously: kill once it is
+    # committed (orbax renames its temporary folder to `4` last), so that the
+    # restart has it to resume from (on a loaded machine step 5 came first)
+    deadline = time.time() + 120
+    while not (wd / 'checkpoints' / '4').exists() and time.time() < deadline:
+        time.sleep(0.2)
     procs[1].kill()
     t = time.time()
     procs[0].communicate(timeout=120)
