@@ -121,6 +121,15 @@ class PanopticEval:
                 segments[i] = None
                 continue
             pred = segments[i]
+            unknown = [s['id'] for s in pred['segments_info']
+                       if s['category_id'] not in self.categories]
+            if unknown:  # a class the data does not have (a COCO-layout head's unused ids)
+                logging.warning('image %d: segments of classes the data does not have '
+                                'scored as void: %s', image_id, unknown)
+                pred = {'ids': np.where(np.isin(pred['ids'], unknown), 0, pred['ids']),
+                        'segments_info': [s for s in pred['segments_info']
+                                          if s['id'] not in unknown]}
+                segments[i] = pred
             gt = self.gt.get(image_id, {'segments_info': []})
             gt_ids = self.source.panoptic_ids(self.position[image_id])
             if gt_ids is None:  # an image the panoptic json does not annotate: all void

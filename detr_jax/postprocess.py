@@ -137,9 +137,10 @@ def panoptic(outputs, sizes, orig_sizes, is_thing, threshold=0.85, label_map=Non
       on the device or the host).
     sizes: [B, 2] (h, w) of each image as the model saw it (unpadded);
       orig_sizes: [B, 2] the size to return the segments at.
-    is_thing: bool [C] per class index (stuff segments of one class merge).
+    is_thing: bool per class index (stuff segments of one class merge;
+      classes past its end are stuff).
     label_map: class index -> {'id', ...}: `category_id` is the dataset's
-      id (else the class index).
+      id (else, and for a class the map lacks, the class index).
 
     Returns per image {'ids': int32 [orig_h, orig_w] segment ids (0 =
     void: no kept query), 'segments_info': [{'id', 'category_id',
@@ -167,6 +168,9 @@ def panoptic_segments(parts, pred_masks, sizes, orig_sizes, is_thing, label_map=
     segment."""
     results = []
     is_thing = np.asarray(is_thing, bool)
+    # a class index beyond `is_thing` (a head wider than the data) counts as stuff
+    is_thing = np.pad(is_thing, (0, max(0, int(parts['labels'].max(initial=0)) + 1
+                                        - len(is_thing))))
     for i in range(len(parts['keep'])):
         def redo(kept, i=i):
             k = np.zeros_like(parts['keep'][i:i + 1])
@@ -211,7 +215,8 @@ def _merge_segments(winners, kept, labels, size, orig_size, is_thing, label_map,
     for k, (c, a) in enumerate(zip(classes, area)):
         c = int(c)
         segments.append({'id': k + 1, 'label': c,
-                         'category_id': int(label_map[c]['id']) if label_map else c,
+                         'category_id': int(label_map.get(c, {}).get('id', c)) if label_map
+                         else c,
                          'isthing': bool(is_thing[c]), 'area': int(a)})
     # ids + 1: the original's ids, with 0 left for void (nothing kept)
     return {'ids': (ids + 1 if len(kept) else ids).astype(np.int32), 'segments_info': segments}

@@ -156,3 +156,33 @@ def test_mode_eval_of_a_panoptic_workdir_reports_the_same_pq(two_stages):
     again = evaluate_checkpoint(str(root / 'b'))
     for k in ('PQ', 'PQ_th', 'PQ_st', 'SQ', 'RQ', 'AP'):
         assert again[k] == masks[k], k
+
+
+def test_segments_of_classes_the_data_lacks_are_scored_as_void(two_stages):
+    """A head wider than the data (a COCO-layout checkpoint on other data)
+    may predict a class index the data has no category for: its segment is
+    void in the score, and evaluation goes on."""
+    from detr_jax.data.datasets import build_source
+    from detr_jax.data.pipeline import eval_batches
+    from detr_jax.evaluate import PanopticEval
+    root = two_stages[0]
+    cfg = _config('masks', root / 'data').data
+    source = build_source(cfg, 'val').head(8)
+    batch = next(iter(eval_batches(source, cfg)))
+    b, (h, w) = len(batch['image_id']), batch['images'].shape[1:3]
+    q = 3
+    keep = np.zeros((b, q), bool)
+    keep[:, :2] = True
+    labels = np.zeros((b, q), np.int32)
+    labels[:, 0], labels[:, 1] = 40, 6  # 40: no such class; 6: sky (stuff)
+    winners = np.zeros((b, h, w), np.int32)
+    winners[:, h // 2:] = 1
+    out = {'pan_keep': keep, 'pan_labels': labels, 'pan_winners': winners,
+           'pred_masks': np.zeros((b, q, h // 4, w // 4), np.float32)}
+    ev = PanopticEval(source)
+    segments = ev.add(batch, out, make_mesh())
+    for seg in segments:
+        cats = [s['category_id'] for s in seg['segments_info']]
+        assert cats == [source.label_map[6]['id']]  # the unknown class's segment is gone
+        assert (seg['ids'] == 0).any() and set(np.unique(seg['ids'])) <= {0, 2}
+    assert ev.summary()['All']['n'] >= 1  # scored, not crashed
