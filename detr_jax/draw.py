@@ -109,7 +109,7 @@ def draw_eval_samples(samples, label_map, threshold=0.5, max_images=8, scale=2):
                 continue
             h, w = batch['size'][i]
             oh, ow = batch['orig_size'][i]
-            segments = dets.get('panoptic', [None] * (i + 1))[i]
+            segments = dets['panoptic'][i] if 'panoptic' in dets else None
             if segments is not None:
                 pics.append(draw_panoptic(batch['images'][i][:h, :w],
                                           resize_ids(segments['ids'], (h, w)),

@@ -20,10 +20,10 @@ from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import EVAL_STEP_KEYS, eval_batches, split_batch
 from detr_jax.panoptic_format import write_ids
 from detr_jax.paths import as_path, metric_writer, read_json, write_json, write_png
-from detr_jax.postprocess import panoptic_segments
+from detr_jax.postprocess import is_thing_per_class, panoptic_segments
 from detr_jax.pq import PQStat, image_stat, summarize
 from detr_jax.pq import pq_compute  # noqa: F401  (panopticapi's entry point, here)
-from detr_jax.sharding import make_mesh, to_global, to_host
+from detr_jax.sharding import local_rows, make_mesh, to_global, to_host
 
 AP_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')
 
@@ -73,16 +73,6 @@ def predict(eval_step, variables, source, data_cfg, mesh, max_images=-1, panopti
     return results, ids, samples
 
 
-def _local_rows(x, mesh):
-    """This host's rows of a global array split on 'data' (a jax.Array on
-    its devices; the array itself with one process)."""
-    if jax.process_count() == 1:
-        return x
-    from jax.experimental import multihost_utils
-    from jax.sharding import PartitionSpec as P
-    return multihost_utils.global_array_to_host_local_array(x, mesh, P('data'))
-
-
 class PanopticEval:
     """PQ over the images evaluated (`pq`), each host its own images, and
     the predictions in COCO's panoptic format: PNGs in `out_dir` and their
@@ -103,8 +93,7 @@ class PanopticEval:
         self.source = source
         self.position = {int(image_id): i for i, image_id in enumerate(source.image_ids)}
         self.label_map = source.label_map
-        self.is_thing = np.array([bool(source.label_map.get(i, {}).get('isthing', False))
-                                  for i in range(source.num_classes)])
+        self.is_thing = is_thing_per_class(source.label_map, source.num_classes)
         self.out_dir = as_path(out_dir) if out_dir else None
         self.stat, self.annotations = PQStat(), []
 
@@ -112,9 +101,9 @@ class PanopticEval:
         """One eval batch: `batch` this host's rows (numpy), `out` the eval
         step's global outputs. Returns the segments of this host's images
         (`postprocess.panoptic`'s, None for fillers)."""
-        parts = {k[4:]: np.asarray(_local_rows(out[k], mesh))
+        parts = {k[4:]: np.asarray(local_rows(out[k], mesh))
                  for k in ('pan_keep', 'pan_labels', 'pan_winners')}
-        segments = panoptic_segments(parts, _local_rows(out['pred_masks'], mesh), batch['size'],
+        segments = panoptic_segments(parts, local_rows(out['pred_masks'], mesh), batch['size'],
                                      batch['orig_size'], self.is_thing, self.label_map)
         for i, image_id in enumerate(int(x) for x in batch['image_id']):
             if image_id < 0:

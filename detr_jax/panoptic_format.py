@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from detr_jax.paths import as_path
+from detr_jax.paths import as_path, write_png
 
 
 def id2rgb(ids):
@@ -43,11 +43,7 @@ def decode_ids(data, what='a panoptic image'):
 def write_ids(path, ids):
     """Writes the segment-id map `ids` [H, W] as a panoptic PNG at `path`
     (parent folders created)."""
-    path = as_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    Image.fromarray(id2rgb(ids)).save(buf, format='PNG')
-    path.write_bytes(buf.getvalue())
+    write_png(path, id2rgb(ids))
 
 
 def resize_ids(ids, hw):

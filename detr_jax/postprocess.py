@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from detr_jax.box_ops import box_cxcywh_to_xyxy
+from detr_jax.panoptic_format import resize_ids
 
 
 def detections(outputs, orig_sizes):
@@ -126,6 +127,15 @@ def panoptic_on_device(outputs, sizes, threshold):
 _panoptic_on_device = jax.jit(panoptic_on_device, static_argnames='threshold')
 _mask_argmax = jax.jit(mask_argmax)
 
+def is_thing_per_class(label_map, num_classes, unmapped=False):
+    """`panoptic`'s `is_thing`: bool [num_classes] from a label map's
+    `isthing` (class index -> {'isthing', ...}); `unmapped` for an index
+    the map lacks."""
+    label_map = label_map or {}
+    return np.array([bool(label_map.get(i, {}).get('isthing', unmapped))
+                     for i in range(num_classes)])
+
+
 # the original drops segments of at most this many pixels (at the output size)
 MIN_SEGMENT_AREA = 4
 
@@ -187,7 +197,6 @@ def _merge_segments(winners, kept, labels, size, orig_size, is_thing, label_map,
     """One image's host part of `panoptic`: `winners` [H, W] query indices
     on the canvas, `kept` the kept query indices (ascending), `redo(kept)`
     the argmax again over fewer queries."""
-    from detr_jax.panoptic_format import resize_ids
     h, w = int(size[0]), int(size[1])
     out_hw = (int(orig_size[0]), int(orig_size[1]))
     classes = labels[kept]

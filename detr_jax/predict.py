@@ -16,7 +16,7 @@ from detr_jax.data.transforms import get_size_with_aspect_ratio
 from detr_jax.models import build_model
 from detr_jax.panoptic_format import write_ids
 from detr_jax.paths import as_path, write_json, write_png
-from detr_jax.postprocess import detections, panoptic, select
+from detr_jax.postprocess import detections, is_thing_per_class, panoptic, select
 
 
 def load_any(path):
@@ -42,7 +42,7 @@ def prepare(image, size, max_size):
     out[0, :h, :w] = img
     mask = np.zeros((1, H, W), bool)
     mask[0, :h, :w] = True
-    return out, mask
+    return out, mask, (h, w)
 
 
 def predict_images(model_cfg, variables, paths, size, max_size, threshold=0.5,
@@ -54,20 +54,17 @@ def predict_images(model_cfg, variables, paths, size, max_size, threshold=0.5,
     apply = jax.jit(lambda v, x, m: model.apply(v, normalize(x, m), m))
     is_thing = None
     if model_cfg.get('masks'):
-        lm = label_map or {}
-        is_thing = np.array([bool(lm.get(i, {}).get('isthing', True))
-                             for i in range(model_cfg.num_classes)])
+        is_thing = is_thing_per_class(label_map, model_cfg.num_classes, unmapped=True)
     results = []
     for p in paths:
         with Image.open(p) as im:
             image = np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
-        x, m = prepare(image, size, max_size)
+        x, m, hw = prepare(image, size, max_size)
         out = apply(variables, jnp.asarray(x), jnp.asarray(m))
         orig = np.array([image.shape[:2]])
         dets = select(jax.device_get(detections(out, jnp.asarray(orig))), threshold)[0]
         if is_thing is not None:
-            hw = np.array([m[0].any(1).sum(), m[0].any(0).sum()])[None]
-            dets['panoptic'] = panoptic(out, hw, orig, is_thing, panoptic_threshold,
+            dets['panoptic'] = panoptic(out, np.array([hw]), orig, is_thing, panoptic_threshold,
                                         label_map)[0]
         results.append((p, image, dets))
     return results
@@ -104,8 +101,9 @@ def cli(argv):
             pic = draw.grid([pic, draw.draw_panoptic(image, seg['ids'], seg['segments_info'],
                                                      label_map)], cols=2)
             write_ids(out / 'panoptic' / f'{stem}.png', seg['ids'])
-            annotations.append({'file_name': f'{stem}.png', 'image': p,
-                                'segments_info': seg['segments_info']})
+            # COCO's panoptic format; image ids: the files' order
+            annotations.append({'image_id': len(annotations), 'file_name': f'{stem}.png',
+                                'image': p, 'segments_info': seg['segments_info']})
         dst = out / (stem + '_pred.png')
         write_png(dst, pic)
         print(f'{p}: {len(d["scores"])} detections -> {dst}')
@@ -116,9 +114,7 @@ def cli(argv):
         for s, l, b in zip(d['scores'], d['labels'], d['boxes']):
             name = label_map.get(int(l), {}).get('name', str(int(l)))
             print(f'  {name:>12s} {s:.2f}  [{", ".join(f"{v:.0f}" for v in b)}]')
-    if annotations:  # COCO's panoptic format (image ids: the files' order)
-        for i, a_ in enumerate(annotations):
-            a_['image_id'] = i
+    if annotations:
         write_json(out / 'panoptic.json', {'annotations': annotations})
         print(f'segments in COCO\'s panoptic format: {out / "panoptic.json"}, {out / "panoptic"}/')
     return 0

@@ -2,7 +2,8 @@
 
 One `Mesh` with a single 'data' axis over every device of every host: the
 train state is replicated, batches are split on 'data'. Hosts hand in their
-own rows (`to_global`) and read every host's rows back (`to_host`).
+own rows (`to_global`) and read every host's rows back (`to_host`) or their
+own (`local_rows`).
 """
 import jax
 import numpy as np
@@ -28,6 +29,15 @@ def to_global(batch, mesh):
     [global B, ...] sharded on 'data'."""
     sharding = data_sharded(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def local_rows(x, mesh):
+    """This host's rows of a global array split on 'data' (a jax.Array on
+    its devices: nothing is gathered; the array itself with one process)."""
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+    return multihost_utils.global_array_to_host_local_array(x, mesh, P('data'))
 
 
 def to_host(x):

@@ -145,10 +145,12 @@ def _open(x, exif=True):
 
 
 def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None, cache=None,
-            errors=None):
+            errors=None, with_masks=True):
     """Host decode: any PIL image (grayscale, CMYK, 16-bit, EXIF-rotated) to
-    RGB uint8, and panoptic masks [h, w, M] for the given segment ids. Files
-    are read from `path`/`png`, or with a `reader` (TFDS) from example `index`.
+    RGB uint8, and panoptic masks [h, w, M] for the given segment ids
+    (zeros unless `with_masks`: the panoptic image is then not decoded).
+    Files are read from `path`/`png`, or with a `reader` (TFDS) from
+    example `index`.
 
     An unreadable image is an error naming the file, or with `skip_bad` a
     black image whose targets the caller drops (shapes stay static), counted
@@ -185,7 +187,7 @@ def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None,
                 np.bool_(False))
     if cache is not None:
         cache[key] = (img, pan)
-    if png or pan is not None:
+    if with_masks and (png or pan is not None):  # else the masks are never read
         ids = rgb2id(_open(pan if pan is not None else png.decode()))
         masks = (ids[..., None] == segs[None, None, :]).astype(np.uint8)
     else:
@@ -195,7 +197,8 @@ def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None,
 
 def _tf_transform(e, with_masks, skip_bad, reader, skipped, cache, errors):
     img, masks, ok = tf.numpy_function(
-        functools.partial(_decode, reader=reader, skipped=skipped, cache=cache, errors=errors),
+        functools.partial(_decode, reader=reader, skipped=skipped, cache=cache, errors=errors,
+                          with_masks=with_masks),
         [e['path'], e['png'], e['segs'], e['h0'], e['w0'], skip_bad, e['index']],
         [tf.uint8, tf.uint8, tf.bool])
     img = tf.reshape(img, tf.stack([e['h0'], e['w0'], 3]))
@@ -237,7 +240,7 @@ def _filler_transform(e, with_masks):
     return out
 
 
-def _elements(source, batches, cfg, lo, hi, with_masks):
+def _elements(source, batches, cfg, lo, hi):
     m = cfg.max_boxes
     rows = collections.defaultdict(list)
     for bucket, items in batches:
@@ -247,8 +250,8 @@ def _elements(source, batches, cfg, lo, hi, with_masks):
             rows['path'].append('' if it.index < 0 else source.image_paths[it.index])
             rows['index'].append(-1 if it.index < 0 or source.reader is None
                                  else int(source.reader_index[it.index]))
-            png = None  # read only when masks are wanted
-            if with_masks and it.index >= 0 and source.panoptic_pngs is not None:
+            png = None
+            if it.index >= 0 and source.panoptic_pngs is not None:
                 png = source.panoptic_pngs[it.index]
             rows['png'].append(png or '')
             segs = np.full((m,), -1, np.int64)
@@ -287,7 +290,7 @@ def make_tf_dataset(source, batches, cfg, local_batch, lo, hi, with_masks=False,
     if not batches:
         return None
     _keep_tensorflow_off_accelerators()
-    el = _elements(source, batches, cfg, lo, hi, with_masks)
+    el = _elements(source, batches, cfg, lo, hi)
     skip_bad = cfg.on_bad_input == 'skip'
     ds = tf.data.Dataset.from_tensor_slices(el)
     ds = ds.map(lambda e: tf.cond(e['filler'], lambda: _filler_transform(e, with_masks),

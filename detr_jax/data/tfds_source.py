@@ -239,14 +239,19 @@ def _cache_path(cache_dir, reader, on_bad_input):
     return os.path.join(cache_dir, f'{reader.name.replace("/", "_")}_{reader.split}_{digest}.pkl')
 
 
+def _gt_images(index):
+    """The ground truth's `images` entries of an index."""
+    return [{'id': int(image_id), 'height': int(h), 'width': int(w),
+             'file_name': f'{image_id}.jpg'} for image_id, (h, w) in zip(index['image_id'],
+                                                                        index['hw'])]
+
+
 def write_gt_json(path, index, categories):
     """COCO ground truth from the index (crowd objects included) for the
     objects of `categories` (panoptic: the things)."""
-    images, anns = [], []
+    images, anns = _gt_images(index), []
     wanted = {c['id'] for c in categories}
-    for image_id, (h, w), gt in zip(index['image_id'], index['hw'], index['gt']):
-        images.append({'id': int(image_id), 'height': int(h), 'width': int(w),
-                       'file_name': f'{image_id}.jpg'})
+    for image_id, gt in zip(index['image_id'], index['gt']):
         for a in gt:
             if a['category_id'] in wanted:
                 a = {k: v for k, v in a.items() if k != 'segment_id'}
@@ -297,14 +302,12 @@ def load_tfds(name, split, data_dir='', on_bad_input='error', cache_dir='', ann_
 def panoptic_ground_truth(index, category_ids):
     """COCO's panoptic json of a panoptic split's index (the PNGs stay in
     the examples: `Source.panoptic_ids`)."""
-    images, anns = [], []
-    for image_id, (h, w), gt in zip(index['image_id'], index['hw'], index['gt']):
-        images.append({'id': int(image_id), 'height': int(h), 'width': int(w),
-                       'file_name': f'{image_id}.jpg'})
+    anns = []
+    for image_id, gt in zip(index['image_id'], index['gt']):
         anns.append({'image_id': int(image_id), 'file_name': f'{image_id}.png',
                      'segments_info': [{'id': a['segment_id'], 'category_id': a['category_id'],
                                         'iscrowd': a['iscrowd'], 'area': a['area'],
                                         'bbox': a['bbox']} for a in gt]})
-    return {'images': images, 'annotations': anns,
+    return {'images': _gt_images(index), 'annotations': anns,
             'categories': [{'id': i, 'name': _NAMES[i], 'isthing': int(i in THING_IDS)}
                            for i in category_ids]}
