@@ -1,4 +1,4 @@
-"""The `detr-jax` console script: train | eval | plan | convert | predict."""
+"""The `detr-jax` console script: train | eval | plan | convert | predict | export."""
 import sys
 
 USAGE = """usage: detr-jax COMMAND [options]
@@ -7,7 +7,8 @@ USAGE = """usage: detr-jax COMMAND [options]
   plan     --config=configs/X.py --topology=v5e:4x4 [--per_chip=N] [--json]
            (compile for a TPU slice without one: HBM, FLOPs, bytes, roofline)
   convert  SRC --out DIR [--dilation]   (official .pth or Hugging Face -> orbax)
-  predict  --checkpoint=DIR IMAGE [IMAGE ...] [--out=DIR] [--threshold=0.5]
+  predict  --checkpoint=C IMAGES_OR_FOLDERS [--out=DIR] [--threshold=0.7]
+  export   --checkpoint=C --out=DIR [--format=stablehlo|savedmodel]
 """
 
 
@@ -30,6 +31,9 @@ def main(argv=None):
     if cmd == 'convert':
         from detr_jax import convert
         return convert.cli(rest)
+    if cmd == 'export':
+        from detr_jax import export
+        return export.cli(rest)
     if cmd == 'predict':
         from detr_jax import predict
         return predict.cli(rest)

@@ -122,3 +122,69 @@ def draw_eval_samples(samples, label_map, threshold=0.5, max_images=8, scale=2):
                                    dets['labels'][i][keep], dets['scores'][i][keep], label_map,
                                    gt_boxes=gt, scale=scale))
     return grid(pics) if pics else None
+
+
+# --- attention maps (the original's Colab) ----------------------------------------
+
+# dark blue -> teal -> yellow, sampled at 5 stops (viridis-like)
+_HEAT = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)],
+                 np.float32)
+
+
+def heat_colors(values):
+    """values in [0, 1] (any shape) -> uint8 RGB [..., 3] on a viridis-like scale."""
+    v = np.clip(np.asarray(values, np.float32), 0, 1) * (len(_HEAT) - 1)
+    i = np.minimum(v.astype(np.int32), len(_HEAT) - 2)
+    t = (v - i)[..., None]
+    return ((1 - t) * _HEAT[i] + t * _HEAT[i + 1]).astype(np.uint8)
+
+
+def attention_on_image(image, cells, result, alpha=0.6):
+    """A map over the feature cells `cells` [fh, fw] (an `inference`
+    result's `decoder_attention[k]` or `encoder_attention[y, x]`) stretched
+    over the image it covers (cell = `feature_stride` pixels of the resized
+    image) and blended onto the image's grey -> uint8 [h0, w0, 3]."""
+    h0, w0 = result['image_size']
+    h, w = result['input_size']
+    stride = result['feature_stride']
+    fh, fw = cells.shape
+    m = np.asarray(cells, np.float32)
+    m = m / max(float(m.max()), 1e-12)
+    # the cells span fh * stride x fw * stride resized pixels; crop to the image
+    big = Image.fromarray((m * 255).astype(np.uint8)).resize(
+        (round(fw * stride * w0 / w), round(fh * stride * h0 / h)), Image.BILINEAR)
+    heat = heat_colors(np.asarray(big, np.float32)[:h0, :w0] / 255)
+    grey = np.asarray(image, np.float32).mean(-1, keepdims=True)
+    return (alpha * heat + (1 - alpha) * grey).astype(np.uint8)
+
+
+def cell_of(result, x, y):
+    """The feature cell (row, col) holding original-image pixel (x, y)."""
+    h0, w0 = result['image_size']
+    h, w = result['input_size']
+    s = result['feature_stride']
+    fh, fw = result['encoder_attention'].shape[:2]
+    return min(int(y * h / h0) // s, fh - 1), min(int(x * w / w0) // s, fw - 1)
+
+
+def draw_attention(image, result, label_map=None, max_queries=4, points=()):
+    """The original Colab's pictures for one `Predictor` result made with
+    `return_attention=True`: the boxes, then for each of the best
+    `max_queries` detections its query's decoder cross-attention with its
+    box, then for each (x, y) in `points` (original pixels) the encoder's
+    self-attention at that pixel, marked with a cross -> uint8 picture."""
+    pics = [draw_boxes(image, result['boxes'][:max_queries], result['labels'][:max_queries],
+                       result['scores'][:max_queries], label_map)]
+    for k in range(min(max_queries, len(result['scores']))):
+        pics.append(draw_boxes(attention_on_image(image, result['decoder_attention'][k], result),
+                               result['boxes'][k:k + 1], result['labels'][k:k + 1],
+                               result['scores'][k:k + 1], label_map))
+    for x, y in points:
+        r, c = cell_of(result, x, y)
+        pic = Image.fromarray(attention_on_image(image, result['encoder_attention'][r, c],
+                                                 result))
+        d = ImageDraw.Draw(pic)
+        d.line([x - 6, y, x + 6, y], fill=(255, 0, 0), width=2)
+        d.line([x, y - 6, x, y + 6], fill=(255, 0, 0), width=2)
+        pics.append(np.asarray(pic))
+    return grid(pics, cols=min(len(pics), 3))

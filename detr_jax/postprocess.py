@@ -21,13 +21,15 @@ def detections(outputs, orig_sizes):
 
 
 def select(dets, threshold=0.0, top_k=None):
-    """Per image lists of (score, label, box) above `threshold`, best first,
-    at most `top_k` (host-side, numpy)."""
+    """Per image {'scores', 'labels', 'boxes', 'queries' (the query each
+    came from)} above `threshold`, best first (ties in query order), at
+    most `top_k` (host-side, numpy)."""
     out = []
     for s, l, b in zip(*(np.asarray(dets[k]) for k in ('scores', 'labels', 'boxes'))):
-        order = np.argsort(-s)
+        order = np.argsort(-s, kind='stable')
         order = order[s[order] > threshold][:top_k]
-        out.append({'scores': s[order], 'labels': l[order], 'boxes': b[order]})
+        out.append({'scores': s[order], 'labels': l[order], 'boxes': b[order],
+                    'queries': order})
     return out
 
 

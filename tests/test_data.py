@@ -252,8 +252,9 @@ def test_cached_images_decode_once_same_batches(tmp_path, monkeypatch):
     epochs, and the batches are those of the uncached pipeline."""
     import detr_jax.data.pipeline as P
     opened = []
-    real_open = P._open
-    monkeypatch.setattr(P, '_open', lambda x, exif=True: (opened.append(x), real_open(x, exif))[1])
+    real_open = P.read_image
+    monkeypatch.setattr(P, 'read_image',
+                        lambda x, exif=True: (opened.append(x), real_open(x, exif))[1])
     out, counts = {}, {}
     for cache in (False, True):
         cfg = small_data_cfg(dataset='synthetic', num_train=24, num_val=4,

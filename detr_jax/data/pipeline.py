@@ -22,20 +22,18 @@ import atexit
 import collections
 import dataclasses
 import functools
-import io
 import logging
 import weakref
 from typing import Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, ImageOps
 
 from detr_jax.data.coco_format import DataError, Source
+from detr_jax.data.images import read_image, resize, to_uint8
 from detr_jax.data.transforms import (Params, choose_bucket, eval_resize_params,
                                       sample_train_params, transform_boxes)
 from detr_jax.panoptic_format import rgb2id
-from detr_jax.paths import as_path, is_uri
 
 # What the jitted train / eval steps take from a batch; the rest (image ids,
 # sizes, and for drawings the whole batch) stays on the host.
@@ -121,29 +119,6 @@ def plan_eval(source: Source, cfg, batch_size=None):
     return batches
 
 
-def _to_rgb(im, exif=True):
-    if exif:
-        im = ImageOps.exif_transpose(im)
-    if im.mode in ('I;16', 'I;16B', 'I'):
-        arr = np.asarray(im, np.float32)
-        im = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
-    return np.asarray(im.convert('RGB'), np.uint8)
-
-
-def _open(x, exif=True):
-    """An image file path (local or a URI: `paths.as_path`), encoded bytes,
-    or an already decoded array.
-    `exif=False` keeps the stored orientation (TFDS: its boxes are relative
-    to the stored pixels, and TFDS's own decoder ignores EXIF)."""
-    if isinstance(x, np.ndarray):
-        x = x if x.ndim == 3 else x[..., None]
-        return np.broadcast_to(x, x.shape[:2] + (3,)).astype(np.uint8)
-    if isinstance(x, str) and is_uri(x):
-        x = as_path(x).read_bytes()
-    with Image.open(io.BytesIO(x) if isinstance(x, bytes) else x) as im:
-        return _to_rgb(im, exif)
-
-
 def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None, cache=None,
             errors=None, with_masks=True):
     """Host decode: any PIL image (grayscale, CMYK, 16-bit, EXIF-rotated) to
@@ -169,9 +144,9 @@ def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None,
             img, pan = cache[key]
         elif reader is not None:
             data, pan = reader(int(index))
-            img = _open(data, exif=False)
+            img = read_image(data, exif=False)
         else:
-            img = _open(path)
+            img = read_image(path)
         if img.shape[:2] != (h0, w0):
             raise ValueError(f'decoded size {img.shape[0]}x{img.shape[1]} differs from the '
                              f'annotated {h0}x{w0}')
@@ -188,7 +163,7 @@ def _decode(path, png, segs, h0, w0, skip_bad, index, reader=None, skipped=None,
     if cache is not None:
         cache[key] = (img, pan)
     if with_masks and (png or pan is not None):  # else the masks are never read
-        ids = rgb2id(_open(pan if pan is not None else png.decode()))
+        ids = rgb2id(read_image(pan if pan is not None else png.decode()))
         masks = (ids[..., None] == segs[None, None, :]).astype(np.uint8)
     else:
         masks = np.zeros(img.shape[:2] + (len(segs),), np.uint8)
@@ -207,13 +182,11 @@ def _tf_transform(e, with_masks, skip_bad, reader, skipped, cache, errors):
     def geometry(x, method):
         x = tf.cond(e['flip'], lambda: tf.reverse(x, [1]), lambda: x)
         dtype = x.dtype
-        x = tf.image.resize(tf.cast(x, tf.float32), e['resize1'], method=method,
-                            antialias=method == 'bilinear')
+        x = resize(x, e['resize1'], method)
         x = x[e['crop'][0]:e['crop'][0] + e['crop'][2], e['crop'][1]:e['crop'][1] + e['crop'][3]]
         x = tf.cond(tf.reduce_all(tf.shape(x)[:2] == e['size']), lambda: x,
-                    lambda: tf.image.resize(x, e['size'], method=method,
-                                            antialias=method == 'bilinear'))
-        x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), dtype)
+                    lambda: resize(x, e['size'], method))
+        x = tf.cast(to_uint8(x), dtype)
         pad = [[0, e['bucket'][0] - e['size'][0]], [0, e['bucket'][1] - e['size'][1]], [0, 0]]
         return tf.pad(x, pad)
 

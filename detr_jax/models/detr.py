@@ -97,6 +97,7 @@ class DETR(nn.Module):
         src = feats[-1]
         b, h, w, _ = src.shape
         mask = feature_mask(pixel_mask, (h, w))
+        self.sow('intermediates', 'feature_mask', mask)
         pos = self.pos_embed(mask).astype(self.dtype)
         src_proj = self.input_proj(src)
         out = self.transformer(

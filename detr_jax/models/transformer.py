@@ -19,16 +19,18 @@ def _layer_norm(name, dtype):
 
 
 def _attend(q, k, v, key_valid, scale, dropout, train, dtype):
-    """q [B, Q, h, c], k [B, S, h, c], v [B, S, h, e] -> [B, Q, h * e]."""
+    """q [B, Q, h, c], k [B, S, h, c], v [B, S, h, e] -> ([B, Q, h * e],
+    the attention weights [B, h, Q, S] before dropout; exactly 0 on keys
+    that are not `key_valid`)."""
     logits = jnp.einsum('bqhc,bkhc->bhqk', q * scale, k)
     if key_valid is not None:
         # finfo.min rather than -inf: an all-padding example (the filler of a
         # last partial batch) then gives uniform weights, not NaN.
         logits = jnp.where(key_valid[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
-    weights = nn.Dropout(dropout)(weights, deterministic=not train)
-    out = jnp.einsum('bhqk,bkhc->bqhc', weights, v)
-    return out.reshape(out.shape[:2] + (-1,))
+    dropped = nn.Dropout(dropout)(weights, deterministic=not train)
+    out = jnp.einsum('bhqk,bkhc->bqhc', dropped, v)
+    return out.reshape(out.shape[:2] + (-1,)), weights
 
 
 class MultiheadAttention(nn.Module):
@@ -36,7 +38,9 @@ class MultiheadAttention(nn.Module):
 
     The q|k|v projection is one [D, 3D] matrix (xavier-initialized as a whole,
     as the original's `_reset_parameters` does with `in_proj_weight`); heads
-    are a tensor axis, not a loop.
+    are a tensor axis, not a loop. The weights [B, h, Q, S] are sown as
+    `intermediates/.../attention_weights` (kept only when `apply` is asked
+    for that collection: `inference.attention_maps`).
     """
     d_model: int
     nhead: int
@@ -53,8 +57,9 @@ class MultiheadAttention(nn.Module):
         k = key.astype(self.dtype) @ w[:, d:2 * d] + b[d:2 * d]
         v = value.astype(self.dtype) @ w[:, 2 * d:] + b[2 * d:]
         split = lambda x: x.reshape(x.shape[:2] + (h, hd))  # noqa: E731
-        out = _attend(split(q), split(k), split(v), key_valid, hd ** -0.5, self.dropout, train,
-                      self.dtype)
+        out, weights = _attend(split(q), split(k), split(v), key_valid, hd ** -0.5,
+                               self.dropout, train, self.dtype)
+        self.sow('intermediates', 'attention_weights', weights)
         return nn.Dense(d, kernel_init=_xavier, bias_init=nn.initializers.zeros,
                         dtype=self.dtype, name='out_proj')(out)
 
@@ -171,8 +176,8 @@ class ConditionalDecoderLayer(nn.Module):
         norms = [_layer_norm(f'norm{i}', self.dtype) for i in (1, 2, 3)]
         q = dense('sa_qcontent')(tgt) + dense('sa_qpos')(query_pos)
         k = dense('sa_kcontent')(tgt) + dense('sa_kpos')(query_pos)
-        out = _attend(split(q), split(k), split(dense('sa_v')(tgt)), None, hd ** -0.5,
-                      self.dropout, train, self.dtype)
+        out, _ = _attend(split(q), split(k), split(dense('sa_v')(tgt)), None, hd ** -0.5,
+                         self.dropout, train, self.dtype)
         tgt = norms[0](tgt + drop(dense('sa_out')(out)))
         q, k = dense('ca_qcontent')(tgt), dense('ca_kcontent')(memory)
         k_pos = dense('ca_kpos')(pos)
@@ -180,8 +185,9 @@ class ConditionalDecoderLayer(nn.Module):
             q, k = q + dense('ca_qpos')(query_pos), k + k_pos
         q = jnp.concatenate([split(q), split(dense('ca_qpos_sine')(query_sine))], -1)
         k = jnp.concatenate([split(k), split(k_pos)], -1)
-        out = _attend(q, k, split(dense('ca_v')(memory)), key_valid, (2 * hd) ** -0.5,
-                      self.dropout, train, self.dtype)
+        out, weights = _attend(q, k, split(dense('ca_v')(memory)), key_valid, (2 * hd) ** -0.5,
+                               self.dropout, train, self.dtype)
+        self.sow('intermediates', 'cross_attention_weights', weights)
         tgt = norms[1](tgt + drop(dense('ca_out')(out)))
         ffn = _FFN(self.d_model, self.dim_feedforward, self.dropout, self.dtype, name='ffn')
         return norms[2](tgt + drop(ffn(tgt, train)))
