@@ -47,9 +47,10 @@ def base_config():
         buckets=((512, 640), (544, 736), (576, 768), (608, 832), (640, 576), (640, 864),
                  (672, 704), (672, 928), (704, 960), (736, 544), (736, 800), (736, 992),
                  (736, 1056), (768, 640), (768, 1344), (800, 1024), (800, 1120), (800, 1216),
-                 (864, 640), (864, 800), (960, 704), (1024, 768), (1152, 800), (1248, 1344)),
+                 (864, 640), (864, 800), (960, 704), (1024, 768), (1152, 800), (1248, 1344),
+                 (1344, 800)),
         eval_buckets=((768, 1344), (800, 1088), (800, 1216), (1088, 800), (1216, 800),
-                      (1216, 1344)),
+                      (1216, 1344), (1344, 800)),
         max_boxes=100, truncate_boxes=False,
         batch_size=64, eval_batch_size=16, seed=0, prefetch=2,
     ))
@@ -128,6 +129,7 @@ def validate_config(config, num_devices=None):
     for name in ('buckets', 'eval_buckets'):
         for hw in d[name]:
             validate_image_size(m, *hw, where=f'config.data.{name} entry')
+    _check_buckets_hold_every_size(d)
     n = num_devices or jax.device_count()
     for name in ('batch_size', 'eval_batch_size'):
         if d[name] % n:
@@ -139,6 +141,26 @@ def validate_config(config, num_devices=None):
         raise ValueError(f"config.matcher.solver={config.matcher.solver!r}: 'scipy' or 'optax'")
     if d.on_bad_input not in ('error', 'skip'):
         raise ValueError(f"config.data.on_bad_input={d.on_bad_input!r}: 'error' or 'skip'")
+
+
+def _check_buckets_hold_every_size(d):
+    """Warns when some image could fit no bucket. The resize keeps the short
+    side <= the scale and the long side <= the max size, so a bucket at
+    least (scale, max) and one at least (max, scale) hold every image,
+    landscape or portrait (rounded up to 32). Data without such images needs
+    neither, so this is a warning; the pipeline's epoch plan names any image
+    that fits no bucket before the first step."""
+    up = lambda v: -(-int(v) // 32) * 32  # noqa: E731
+    for name, short, long in (('buckets', max(d.scales), d.max_size),
+                              ('eval_buckets', d.eval_size, d.eval_max_size)):
+        for kind, need in (('landscape', (up(short), up(long))),
+                           ('portrait', (up(long), up(short)))):
+            if not any(b[0] >= need[0] and b[1] >= need[1] for b in d[name]):
+                logging.warning(
+                    'config.data.%s: no bucket holds a %s image resized to the largest size the '
+                    'recipe makes (%dx%d: short side %d, max size %d); such an image stops the '
+                    'run. Add (%d, %d) or a larger bucket if your data has them.',
+                    name, kind, need[0], need[1], short, long, need[0], need[1])
 
 
 def with_classes_of(config, source):

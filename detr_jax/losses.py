@@ -62,15 +62,41 @@ def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
     return (alpha * targets + (1 - alpha) * (1 - targets)) * loss
 
 
-def _mask_terms(pred_masks, idx, targets, num_boxes):
-    valid, tgt = targets['valid'], targets['masks'].astype(jnp.float32)
-    src = _gather(pred_masks, idx)  # [B, M, h, w]
+# Target slots whose masks are upsampled to full resolution at a time. The
+# original upsamples only the real targets; with static shapes every one of
+# `max_boxes` slots is a [H, W] float map, which for COCO (100 slots,
+# 1248x1344, 4 images a chip) is GBs per tensor: in chunks (each recomputed
+# in the backward pass) the loss holds one chunk at a time.
+MASK_LOSS_CHUNK = 8
+
+
+def _mask_focal_dice(src, tgt):
+    """Mask logits [B, c, h, w] upsampled to the targets' [B, c, H, W] ->
+    (mean focal loss, dice loss) per slot, [B, c] each."""
     # bilinear, half-pixel centres: PyTorch's align_corners=False upsampling
     src = jax.image.resize(src, src.shape[:2] + tgt.shape[2:], 'linear').astype(jnp.float32)
+    tgt = tgt.astype(jnp.float32)
     src, tgt = src.reshape(src.shape[:2] + (-1,)), tgt.reshape(tgt.shape[:2] + (-1,))
     focal = sigmoid_focal_loss(src, tgt).mean(-1)
     prob = jax.nn.sigmoid(src)
     dice = 1 - (2 * (prob * tgt).sum(-1) + 1) / (prob.sum(-1) + tgt.sum(-1) + 1)
+    return focal, dice
+
+
+def _mask_terms(pred_masks, idx, targets, num_boxes):
+    valid, tgt = targets['valid'], targets['masks']
+    src = _gather(pred_masks, idx)  # [B, M, h, w]
+    b, m = valid.shape
+    c = min(m, MASK_LOSS_CHUNK)
+    if c == m:
+        focal, dice = _mask_focal_dice(src, tgt)
+    else:
+        pad = ((0, 0), (0, -m % c), (0, 0), (0, 0))
+        chunks = lambda x: jnp.moveaxis(  # noqa: E731
+            jnp.pad(x, pad).reshape((b, -1, c) + x.shape[2:]), 1, 0)
+        focal, dice = jax.lax.map(lambda st: jax.checkpoint(_mask_focal_dice)(*st),
+                                  (chunks(src), chunks(tgt)))
+        focal, dice = (jnp.moveaxis(v, 0, 1).reshape(b, -1)[:, :m] for v in (focal, dice))
     return {'loss_mask': jnp.where(valid, focal, 0.0).sum() / num_boxes,
             'loss_dice': jnp.where(valid, dice, 0.0).sum() / num_boxes}
 

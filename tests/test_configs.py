@@ -40,7 +40,8 @@ def test_remat_gives_the_same_outputs_and_grads():
         np.testing.assert_allclose(x, y, atol=1e-6)
 
 
-@pytest.mark.parametrize('name', ['detr_r50', 'detr_r50_dc5', 'detr_r101', 'finetune_coco_format'])
+@pytest.mark.parametrize('name', ['detr_r50', 'detr_r50_dc5', 'detr_r101', 'finetune_coco_format',
+                                  'detr_r50_panoptic'])
 def test_tpu_configs_state_their_plan(name):
     """Each TPU config's docstring gives its `detr-jax plan` on both slices the
     project plans for (HBM per chip, the bound per epoch)."""
@@ -49,3 +50,22 @@ def test_tpu_configs_state_their_plan(name):
     for topology in ('v5e:4x4', 'v4:2x2x2'):
         assert topology in doc, topology
     assert 'GiB' in doc and re.search(r'epoch\s+>=', doc)
+
+
+def test_default_buckets_hold_every_size_the_recipe_makes(caplog):
+    """A 16:9 portrait photo is resized to 1333x750 (short side 800 would
+    make its long side 1422): the defaults have a bucket for it, and
+    buckets that lack one are warned about, with the bucket to add."""
+    from detr_jax.config_defaults import base_config, validate_config
+    from detr_jax.data.transforms import choose_bucket, eval_resize_params
+    c = base_config()
+    with caplog.at_level('WARNING'):
+        validate_config(c, num_devices=1)
+    assert 'no bucket holds' not in caplog.text
+    size = eval_resize_params(1920, 1080, c.data).size
+    assert size == (1333, 750) and choose_bucket(*size, c.data.eval_buckets) == (1344, 800)
+    c.data.eval_buckets = tuple(b for b in c.data.eval_buckets if b != (1344, 800))
+    with caplog.at_level('WARNING'):
+        validate_config(c, num_devices=1)
+    assert 'config.data.eval_buckets: no bucket holds a portrait image' in caplog.text
+    assert 'Add (1344, 800)' in caplog.text

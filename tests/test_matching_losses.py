@@ -45,6 +45,26 @@ def test_fixture_loss_parity(reference, solver):
     np.testing.assert_allclose(float(metrics['loss']), expected_total, rtol=1e-5)
 
 
+def test_mask_loss_in_chunks_equals_all_slots_at_once(reference, monkeypatch):
+    """The mask terms and their gradients are the same whether the target
+    slots are upsampled all at once or a few at a time (padded slots too)."""
+    from detr_jax import losses
+    outs, t = _fixture_batch(reference, max_boxes=7)
+
+    def terms(pred_masks):
+        _, m = set_criterion(dict(outs, pred_masks=pred_masks), t, _cfg('scipy'))
+        return m['loss_mask'] + m['loss_dice'], (m['loss_mask'], m['loss_dice'])
+    got = {}
+    for chunk in (8, 3):  # 7 slots at once; 3 chunks of 3 (2 padded slots)
+        monkeypatch.setattr(losses, 'MASK_LOSS_CHUNK', chunk)
+        got[chunk] = jax.jit(jax.grad(terms, has_aux=True))(jnp.asarray(outs['pred_masks']))
+    np.testing.assert_allclose(np.asarray(got[3][1]), np.asarray(got[8][1]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(got[3][0]), np.asarray(got[8][0]), rtol=1e-5,
+                               atol=1e-12)
+    np.testing.assert_allclose(float(got[8][1][0]), float(reference['loss/loss_mask']),
+                               rtol=1e-5)
+
+
 @pytest.mark.parametrize('solver', ['scipy', 'optax'])
 def test_fixture_matching_by_total_cost(reference, solver):
     outs, t = _fixture_batch(reference)

@@ -120,6 +120,26 @@ def test_an_official_detection_checkpoint_starts_stage_b(legacy_checkpoint, tmp_
             np.testing.assert_array_equal(v, fresh[k])
 
 
+def test_an_official_panoptic_checkpoint_starts_stage_b(tmp_path):
+    """The official panoptic layout (detector and mask head) loads whole:
+    every parameter of the model, the mask head's included, is the file's."""
+    from conftest import OFFICIAL
+    from detr_jax.convert import load_checkpoint
+    path = str(OFFICIAL / 'checkpoint.pth')
+    model_cfg, official = load_checkpoint(path)
+    c = _config('masks', tmp_path, path)
+    c.model.update({k: v for k, v in model_cfg.items() if k != 'label_map'})
+    c.data.buckets = c.data.eval_buckets = ((64, 64),)
+    validate_config(c)
+    trainer = build_trainer(c, make_mesh(), steps_per_epoch=6)
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    loaded = checkpoints.init_from_pretrained(state, path)
+    ours, theirs = _flat(loaded.params), _flat(official['params'])
+    assert ours.keys() == theirs.keys() and any(k[0] == 'mask_head' for k in ours)
+    for k in ours:
+        np.testing.assert_array_equal(ours[k], theirs[k].astype(ours[k].dtype), err_msg=str(k))
+
+
 def test_freeze_detr_needs_a_mask_head():
     c = get_config()
     c.train.freeze_detr = True
