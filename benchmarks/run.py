@@ -3,12 +3,18 @@
 markdown table and writes it into benchmarks/README.md between the
 BENCHMARKS markers (the project README carries a short summary by hand).
 
-  python benchmarks/run.py [--quick] [--no-table] [--only=forward,train,...,plan,processes,restart]
+  python benchmarks/run.py [--quick] [--no-table] [--only=forward,train,api,...,plan,processes,restart]
+
+forward, train and api run each peer in a process of its own, alternately
+(benchmarks/peers.py); $DETR_REF (a facebookresearch/detr checkout) adds the
+original's forward, run by $DETR_REF_PYTHON (a Python with torch and
+torchvision; default: this one).
 
 Needs the test extra (torch, transformers). Run on an otherwise idle machine.
 """
 import argparse
 import functools
+import json
 import os
 import platform
 import re
@@ -153,111 +159,78 @@ def _time(f):
     return time.perf_counter() - t
 
 
-def r50_config(num_queries=100):
-    from detr_jax.models import default_model_config
-    c = default_model_config()
-    c.num_queries = num_queries
-    return c
+PEERS = os.path.join(ROOT, 'benchmarks', 'peers.py')
 
 
-def hf_model(train=False):
-    import torch
-    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
-    torch.manual_seed(0)
-    cfg = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,
-                     backbone_config=ResNetConfig(depths=[3, 4, 6, 3], layer_type='bottleneck',
-                                                  hidden_sizes=[256, 512, 1024, 2048],
-                                                  embedding_size=64, out_features=['stage4']),
-                     num_labels=91, auxiliary_loss=train)
-    m = DetrForObjectDetection(cfg)
-    return m.train() if train else m.eval()
+def alternate(task, peers, workdir, rounds, **kwargs):
+    """Each peer in a process of its own, alternately (A B A B ...), `rounds`
+    times -> ({peer: median of the processes' medians}, median of the
+    round-by-round ratios peers[0] / peers[1], {peer: the last process's
+    json}). torch's and XLA's thread pools in one process, or a busy
+    neighbour, slow torch far more than XLA: alternating processes keeps
+    that out of the ratio."""
+    medians, last = {p: [] for p in peers}, {}
+    env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+    for _ in range(rounds):
+        for peer in peers:
+            python = os.environ.get('DETR_REF_PYTHON', sys.executable) if peer == 'original' \
+                else sys.executable
+            out = subprocess.run([python, PEERS, task, peer, workdir, json.dumps(kwargs)],
+                                 env=env, capture_output=True, text=True, check=True)
+            last[peer] = json.loads(out.stdout.strip().splitlines()[-1])
+            medians[peer].append(last[peer]['median'])
+    ratios = [a / b for a, b in zip(medians[peers[0]], medians[peers[1]])]
+    return ({p: statistics.median(v) for p, v in medians.items()}, statistics.median(ratios),
+            last)
 
 
-def bench_forward(rows, reps, hw=(800, 1066), batch=1):
-    import torch
-    from detr_jax.convert import hf_to_original, variables_from_state_dict
-    from detr_jax.models import build_model
-    hf = hf_model()
-    sd = hf_to_original({k: v.numpy() for k, v in hf.state_dict().items()})
+def _ratio_note(ratio, rounds):
+    return f'median of {rounds} A/B process pairs: {ratio:.2f}'
+
+
+def bench_forward(rows, workdir, rounds, hw=(800, 1066), batch=1):
     gflops = matmul_gflops()
     for dtype in ('float32', 'bfloat16'):
-        cfg = r50_config()
-        cfg.dtype = dtype
-        cfg.nheads = 8
-        model = build_model(cfg)
-        H, W = (-(-hw[0] // 32) * 32, -(-hw[1] // 32) * 32)
-        x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, H, W, 3)), jnp.float32)
-        m = np.ones((batch, H, W), bool)
-        if batch == 2:
-            m[1, :, W * 3 // 4:] = False
-        m = jnp.asarray(m)
-        template = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, m)
-        v = variables_from_state_dict({k: val for k, val in sd.items()}, template)
-        f = jax.jit(model.apply)
-        lowered = f.lower(v, x, m)
-        compiled = lowered.compile()
-        flops = (compiled.cost_analysis() or {}).get('flops', 0.0)
-        compiled(v, x, m)['pred_logits'].block_until_ready()
-        tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
-        tm = torch.from_numpy(np.asarray(m).astype(np.int64))
-        with torch.no_grad():
-            hf(pixel_values=tx, pixel_mask=tm)
-        def ours():
-            compiled(v, x, m)['pred_logits'].block_until_ready()
-        def theirs():
-            with torch.no_grad():
-                hf(pixel_values=tx, pixel_mask=tm)
-        t = interleaved({'ours': ours, 'hf': theirs}, reps)
-        rate = flops / t['ours'] / 1e9
+        t, ratio, last = alternate('forward', ('ours', 'hf'), workdir, rounds, hw=hw,
+                                   batch=batch, dtype=dtype)
+        H, W = -(-hw[0] // 32) * 32, -(-hw[1] // 32) * 32
+        rate = last['ours']['flops'] / t['ours'] / 1e9
         rows.append((f'forward R50 {batch}x{H}x{W} {dtype}', t['ours'], t['hf'],
-                     f'{rate:.0f} GFLOP/s = {100 * rate / gflops:.0f}% of matmul {gflops:.0f}'))
+                     f'{_ratio_note(ratio, rounds)}; {rate:.0f} GFLOP/s = '
+                     f'{100 * rate / gflops:.0f}% of matmul {gflops:.0f}'))
 
 
-def bench_train_step(rows, reps, hw=(800, 1066), batch=2):
-    import torch
-    from detr_jax.config_defaults import base_config
-    from detr_jax.sharding import make_mesh, to_global
-    from detr_jax.trainer import build_trainer
-    c = base_config()
-    H, W = (-(-hw[0] // 32) * 32, -(-hw[1] // 32) * 32)
-    c.data.buckets = ((H, W),)
-    trainer = build_trainer(c, make_mesh(), steps_per_epoch=1000)
-    state = trainer.init_state(jax.random.PRNGKey(0))
-    rng = np.random.default_rng(0)
-    M = 20
-    batch_np = {'images': rng.integers(0, 255, (batch, H, W, 3)).astype(np.uint8),
-                'pixel_mask': np.ones((batch, H, W), bool),
-                'labels': rng.integers(1, 91, (batch, M)).astype(np.int32),
-                'boxes': rng.uniform(0.2, 0.5, (batch, M, 4)).astype(np.float32),
-                'valid': np.arange(M)[None].repeat(batch, 0) < 8}
-    g = to_global(batch_np, trainer.mesh)
-    step = trainer.train_step
-    t0 = time.perf_counter()
-    step.lower(state, g, jax.random.PRNGKey(0)).compile()
-    rows.append((f'compile: train step R50, one {H}x{W} bucket (s)', time.perf_counter() - t0,
-                 None, 'once per bucket shape per machine (persistent compilation cache)'))
-    box = [state]
+def bench_original(rows, workdir, rounds, hw=(800, 1066), batch=1):
+    """The forward against facebookresearch/detr's own code ($DETR_REF; its
+    random init, the same architecture and input)."""
+    t, ratio, _ = alternate('forward', ('ours', 'original'), workdir, rounds, hw=hw,
+                            batch=batch)
+    H, W = -(-hw[0] // 32) * 32, -(-hw[1] // 32) * 32
+    rows.append((f'forward R50 {batch}x{H}x{W} float32, the original (facebookresearch/detr)',
+                 t['ours'], t['original'], _ratio_note(ratio, rounds)))
 
-    def ours():
-        box[0], m = step(box[0], g, jax.random.PRNGKey(0))
-        m['loss'].block_until_ready()
-    ours()
-    hf = hf_model(train=True)
-    opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=1e-4)
-    px = torch.from_numpy(batch_np['images'].transpose(0, 3, 1, 2).astype(np.float32) / 255)
-    labels = [{'class_labels': torch.from_numpy(batch_np['labels'][i, :8]).long(),
-               'boxes': torch.from_numpy(batch_np['boxes'][i, :8])} for i in range(batch)]
 
-    def theirs():
-        out = hf(pixel_values=px, labels=labels)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), 0.1)
-        opt.step()
-    theirs()
-    t = interleaved({'ours': ours, 'hf': theirs}, reps)
-    rows.append((f'train step R50 {batch}x{H}x{W} (matching, loss, AdamW)', t['ours'], t['hf'], ''))
+def bench_train_step(rows, workdir, rounds, hw=(800, 1066), batch=2):
+    t, ratio, last = alternate('train', ('ours', 'hf'), workdir, rounds, hw=hw, batch=batch)
+    H, W = -(-hw[0] // 32) * 32, -(-hw[1] // 32) * 32
+    rows.append((f'compile: train step R50, one {H}x{W} bucket (s)', last['ours']['compile_s'],
+                 None, 'first step of a process, with the persistent compilation cache'))
+    rows.append((f'train step R50 {batch}x{H}x{W} (matching, loss, AdamW)', t['ours'], t['hf'],
+                 _ratio_note(ratio, rounds)))
     return t['ours']
+
+
+def bench_api(rows, workdir, rounds):
+    """Images/s of `Predictor` on a folder of mixed-size images against
+    Hugging Face's object-detection pipeline (times per pass: lower is
+    better)."""
+    t, ratio, last = alternate('api', ('ours', 'hf'), workdir, rounds)
+    n = last['ours']['images']
+    rows.append((f'inference API on a folder of {n} mixed-size images, s per pass '
+                 '(Predictor vs HF pipeline)', t['ours'], t['hf'],
+                 f'{_ratio_note(ratio, rounds)}; {n / t["ours"]:.2f} vs {n / t["hf"]:.2f} '
+                 f'images/s; first pass {last["ours"]["first_pass_s"]:.0f} s vs '
+                 f'{last["hf"]["first_pass_s"]:.0f} s: {last["ours"]["compilations"]}'))
 
 
 def bench_matching(rows, reps, step_time_b2):
@@ -497,22 +470,35 @@ def main():
     ap.add_argument('--quick', action='store_true', help='smaller images, fewer repetitions')
     ap.add_argument('--no-table', action='store_true', help='print only; leave '
                     'benchmarks/README.md as it is')
-    ap.add_argument('--only', default='', help='comma list: forward,train,matching,data,memory,'
-                    'plan,processes,restart (plan: the TPU compiler, libtpu; ~20 min)')
+    ap.add_argument('--only', default='', help='comma list: forward,original,train,api,matching,'
+                    'data,memory,plan,processes,restart (plan: the TPU compiler, libtpu; ~20 min)')
     a = ap.parse_args()
     reps = 3 if a.quick else 5
+    rounds = 2 if a.quick else 3  # A/B process pairs
     hw = (384, 512) if a.quick else (800, 1066)
-    only = set(a.only.split(',')) if a.only else {'forward', 'train', 'matching', 'data', 'memory',
-                                                   'plan', 'processes', 'restart'}
+    only = set(a.only.split(',')) if a.only else {'forward', 'original', 'train', 'api',
+                                                   'matching', 'data', 'memory', 'plan',
+                                                   'processes', 'restart'}
     import tempfile
     tmp = tempfile.mkdtemp()
     rows = Rows()
+    if only & {'forward', 'original', 'train', 'matching', 'api'}:
+        subprocess.run([sys.executable, PEERS, 'setup', tmp], check=True,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
     if 'forward' in only:
-        bench_forward(rows, reps, hw, 1)
-        bench_forward(rows, reps, hw, 2)
+        bench_forward(rows, tmp, rounds, hw, 1)
+        bench_forward(rows, tmp, rounds, hw, 2)
+    if 'original' in only:
+        if os.environ.get('DETR_REF'):
+            bench_original(rows, tmp, rounds, hw, 1)
+        else:
+            print('original: skipped (set DETR_REF to a facebookresearch/detr checkout)',
+                  file=sys.stderr)
     step = None
     if 'train' in only or 'matching' in only:
-        step = bench_train_step(rows, reps, hw, 2)
+        step = bench_train_step(rows, tmp, rounds, hw, 2)
+    if 'api' in only:
+        bench_api(rows, tmp, rounds)
     if 'matching' in only:
         bench_matching(rows, reps, step)
     if 'data' in only:
