@@ -101,21 +101,40 @@ def _mask_terms(pred_masks, idx, targets, num_boxes):
             'loss_dice': jnp.where(valid, dice, 0.0).sum() / num_boxes}
 
 
-def weight_dict(loss_cfg, num_aux=0, masks=False):
-    """Loss term -> weight, with `_{i}` copies for auxiliary decoder layers."""
+def weight_dict(loss_cfg, num_aux=0, masks=False, num_groups=1, dn=False):
+    """Loss term -> weight, with `_{i}` copies for auxiliary decoder layers,
+    `_g{g}` copies for Group DETR's groups 1..`num_groups`-1 and, with `dn`,
+    the denoising terms `loss_dn_ce`, `loss_dn_bbox`, `loss_dn_giou` (and
+    their `_{i}`), weighted as their matching counterparts."""
     base = {'loss_ce': loss_cfg['ce'], 'loss_bbox': loss_cfg['bbox'], 'loss_giou': loss_cfg['giou']}
+    per_layer = dict(base)
     if masks:
         base.update(loss_mask=loss_cfg['mask'], loss_dice=loss_cfg['dice'])
-    out = dict(base)
+    group = dict(base)
     for i in range(num_aux):
-        out.update({f'{k}_{i}': v for k, v in base.items() if k not in ('loss_mask', 'loss_dice')})
+        group.update({f'{k}_{i}': v for k, v in per_layer.items()})
+    out = dict(group)
+    for g in range(1, num_groups):
+        out.update({f'{k}_g{g}': v for k, v in group.items()})
+    if dn:
+        dn_terms = {k.replace('loss_', 'loss_dn_'): v for k, v in per_layer.items()}
+        out.update(dn_terms)
+        for i in range(num_aux):
+            out.update({f'{k}_{i}': v for k, v in dn_terms.items()})
     return out
 
 
+def _groups(outputs):
+    """The matching query groups: the outputs themselves (group 0) and
+    Group DETR's `group_outputs`."""
+    return [outputs] + list(outputs.get('group_outputs', []))
+
+
 def matching_costs(outputs, targets, matcher_cfg):
-    """The matching cost of every decoder layer [L, B, Q, M]
-    (`matching.matching_cost`); layer L-1 is the final output."""
-    layers = list(outputs.get('aux_outputs', [])) + [outputs]
+    """The matching cost of every decoder layer of every query group
+    [G * L, B, Q, M] (`matching.matching_cost`): group g's layer i is at
+    g * L + i, layer L-1 being the final output."""
+    layers = [o for grp in _groups(outputs) for o in list(grp.get('aux_outputs', [])) + [grp]]
     logits = jnp.stack([o['pred_logits'] for o in layers])
     boxes = jnp.stack([o['pred_boxes'] for o in layers])
     return matching_cost(logits, boxes, targets['labels'][None], targets['boxes'][None],
@@ -123,9 +142,30 @@ def matching_costs(outputs, targets, matcher_cfg):
 
 
 def match_all_layers(outputs, targets, matcher_cfg, mesh=None):
-    """Query index per target [L, B, M]; layer L-1 is the final output."""
+    """Query index per target [G * L, B, M] (`matching_costs`' order)."""
     return match(matching_costs(outputs, targets, matcher_cfg), targets['valid'],
                  matcher_cfg['solver'], mesh)
+
+
+def _denoising_terms(dn_outputs, targets, num_boxes):
+    """DN-DETR's reconstruction loss, no matching: denoising query k*M + m
+    predicts target slot m (`boosters.split_outputs`). Per decoder layer
+    [L]: the cross-entropy of the true class, L1 and 1 - GIoU of the true
+    box, summed over real targets and divided by `num_boxes` x the number
+    of denoising groups."""
+    logits, boxes = dn_outputs['pred_logits'], dn_outputs['pred_boxes']
+    k = logits.shape[2] // targets['valid'].shape[1]
+    valid = jnp.tile(targets['valid'], (1, k))
+    labels = jnp.tile(targets['labels'], (1, k))
+    tgt = jnp.tile(targets['boxes'], (1, k, 1))
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.broadcast_to(labels, logits.shape[:3])[..., None],
+                               axis=-1)[..., 0]
+    l1 = jnp.abs(boxes - tgt).sum(-1)
+    giou = elementwise_giou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(tgt))
+    n = num_boxes * k
+    total = lambda x: jnp.where(valid, x, 0.0).sum((1, 2)) / n  # noqa: E731
+    return {'loss_dn_ce': total(nll), 'loss_dn_bbox': total(l1), 'loss_dn_giou': total(1.0 - giou)}
 
 
 def set_criterion(outputs, targets, config, mesh=None, idx=None):
@@ -144,6 +184,12 @@ def set_criterion(outputs, targets, config, mesh=None, idx=None):
     metrics holds every unweighted term (loss_ce, loss_bbox, loss_giou,
     loss_mask, loss_dice, cardinality_error, class_error, `_{i}` for aux
     layer i) and `loss` (the weighted total).
+
+    Training boosters (`models/boosters.py`): `outputs['group_outputs']`
+    (Group DETR) are matched and lossed like `outputs`, group by group,
+    their terms named with `_g{g}`, and `idx` is then [G * L, B, M];
+    `outputs['dn_outputs']` adds the denoising terms `loss_dn_*`
+    (`_denoising_terms`). Every term enters the total with its weight.
     """
     loss_cfg, matcher_cfg = config['loss'], config['matcher']
     aux = list(outputs.get('aux_outputs', []))
@@ -151,14 +197,27 @@ def set_criterion(outputs, targets, config, mesh=None, idx=None):
         idx = match_all_layers(outputs, targets, matcher_cfg, mesh)
     num_boxes = jnp.maximum(targets['valid'].sum().astype(jnp.float32), 1.0)
     metrics = {}
-    for i, out in enumerate(aux + [outputs]):
-        last = i == len(aux)
-        terms = _label_terms(out['pred_logits'], idx[i], targets, loss_cfg['eos_coef'], last)
-        terms.update(_box_terms(out['pred_boxes'], idx[i], targets, num_boxes))
-        if last and 'pred_masks' in out:
-            terms.update(_mask_terms(out['pred_masks'], idx[i], targets, num_boxes))
-        metrics.update({(k if last else f'{k}_{i}'): v for k, v in terms.items()})
-    weights = weight_dict(loss_cfg, len(aux), 'pred_masks' in outputs)
+    groups = _groups(outputs)
+    for g, group in enumerate(groups):
+        layers = list(group.get('aux_outputs', [])) + [group]
+        suffix = f'_g{g}' if g else ''
+        for i, out in enumerate(layers):
+            last = i == len(aux)
+            j = g * len(layers) + i
+            terms = _label_terms(out['pred_logits'], idx[j], targets, loss_cfg['eos_coef'],
+                                 last and not g)
+            if g:  # the cardinality of group 0 says it
+                del terms['cardinality_error']
+            terms.update(_box_terms(out['pred_boxes'], idx[j], targets, num_boxes))
+            if last and 'pred_masks' in out:
+                terms.update(_mask_terms(out['pred_masks'], idx[j], targets, num_boxes))
+            metrics.update({(k if last else f'{k}_{i}') + suffix: v for k, v in terms.items()})
+    if 'dn_outputs' in outputs:
+        for k, v in _denoising_terms(outputs['dn_outputs'], targets, num_boxes).items():
+            metrics[k] = v[-1]
+            metrics.update({f'{k}_{i}': v[i] for i in range(len(aux))})
+    weights = weight_dict(loss_cfg, len(aux), 'pred_masks' in outputs, len(groups),
+                          'dn_outputs' in outputs)
     total = sum(weights[k] * metrics[k] for k in weights)
     metrics['loss'] = total
     return total, metrics

@@ -64,12 +64,17 @@ def forward_step(state, batch, rng, *, model, config, mesh, norm_trainable):
     mask = batch['pixel_mask']
     images = normalize(batch['images'], mask)
 
+    rngs, kw = {'dropout': rng}, {}
+    if config.model.get('dn_groups', 0):  # denoising queries: noised targets
+        rngs['noise'] = jax.random.fold_in(rng, 1)
+        kw['targets'] = _targets(batch)
+
     def apply(params):
         variables = {'params': params, 'batch_stats': state.batch_stats}
         if norm_trainable:
-            return model.apply(variables, images, mask, train=True, rngs={'dropout': rng},
-                               mutable=['batch_stats'])
-        return model.apply(variables, images, mask, train=True, rngs={'dropout': rng}), {}
+            return model.apply(variables, images, mask, train=True, rngs=rngs,
+                               mutable=['batch_stats'], **kw)
+        return model.apply(variables, images, mask, train=True, rngs=rngs, **kw), {}
 
     # what passes to `update` is only what a fused step would keep: the
     # outputs of matmuls and convolutions; the elementwise rest (casts,

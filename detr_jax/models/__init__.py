@@ -42,6 +42,17 @@ def default_model_config():
         # predicted around the reference points. Not the original DETR; the
         # CPU demo uses it (docs/experiments.md). Post-norm only.
         conditional=False,
+        # Training-only boosters (models/boosters.py); the model evaluates
+        # and exports as plain DETR. Group DETR (Chen et al., 2022): this
+        # many groups of `num_queries` queries while training, each matched
+        # one-to-one on its own (1: off).
+        num_groups=1,
+        # DN-DETR (Li et al., 2022): this many groups of denoising queries
+        # (every target, noised) trained to reconstruct their targets without
+        # matching (0: off); box noise scale and label flip rate
+        dn_groups=0,
+        dn_box_noise=0.4,
+        dn_label_noise=0.2,
     ))
 
 
@@ -64,6 +75,17 @@ def validate_model_config(cfg):
             'hidden_dim/8 and hidden_dim/16 channels)')
     if cfg.conditional and cfg.pre_norm:
         bad('conditional', 'the conditional decoder is post-norm (pre_norm=False) only')
+    if int(cfg.num_groups) < 1:
+        bad('num_groups', 'must be >= 1 (1: no Group DETR)')
+    if int(cfg.dn_groups) < 0:
+        bad('dn_groups', 'must be >= 0 (0: no denoising queries)')
+    if not 0.0 <= cfg.dn_label_noise <= 1.0:
+        bad('dn_label_noise', 'must be in [0, 1]')
+    if cfg.dn_box_noise < 0:
+        bad('dn_box_noise', 'must be >= 0')
+    if cfg.masks and (cfg.num_groups > 1 or cfg.dn_groups > 0):
+        bad('masks', 'the training boosters (num_groups > 1, dn_groups > 0) are for '
+            'detection training; train the panoptic mask head without them')
     if cfg.dtype not in _DTYPES:
         bad('dtype', f'must be one of {sorted(_DTYPES)}')
     for key in ('num_queries', 'num_classes', 'enc_layers', 'dec_layers', 'dim_feedforward'):
@@ -125,5 +147,6 @@ def build_model(cfg, freeze_detr=False):
         backbone=cfg.backbone, dilation=cfg.dilation, dilation_layer3=cfg.dilation_layer3,
         norm=cfg.norm, position_embedding=cfg.position_embedding, aux_loss=cfg.aux_loss,
         remat=cfg.remat, train_stages=tuple(cfg.train_stages), conditional=cfg.conditional,
-        dtype=_DTYPES[cfg.dtype])
+        dtype=_DTYPES[cfg.dtype], num_groups=int(cfg.num_groups), dn_groups=int(cfg.dn_groups),
+        dn_box_noise=float(cfg.dn_box_noise), dn_label_noise=float(cfg.dn_label_noise))
     return DETRPanoptic(detr=detr, freeze_detr=freeze_detr) if cfg.masks else detr

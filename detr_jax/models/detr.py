@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from detr_jax.models.backbone import build_resnet
+from detr_jax.models.boosters import TrainingQueries, boosted, split_outputs
 from detr_jax.models.layers import TorchConv, TorchDense, nearest_resize
 from detr_jax.models.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 from detr_jax.models.transformer import Transformer
@@ -41,6 +42,11 @@ class DETR(nn.Module):
     `aux_outputs`: one such dict per earlier decoder layer. Outputs are
     float32 whatever the compute `dtype`.
 
+    Training-only boosters (`num_groups` > 1: Group DETR; `dn_groups` > 0:
+    denoising queries, which need `targets`): with `train=True` the outputs
+    also hold `group_outputs` and `dn_outputs` (`boosters.split_outputs`);
+    with `train=False` they do not exist and the model is the plain DETR.
+
     The fields are `config.model`'s keys; `models.build_model` fills them
     from `default_model_config` (their one set of defaults).
     """
@@ -63,6 +69,10 @@ class DETR(nn.Module):
     train_stages: tuple
     conditional: bool
     dtype: object
+    num_groups: int = 1
+    dn_groups: int = 0
+    dn_box_noise: float = 0.4
+    dn_label_noise: float = 0.2
 
     def setup(self):
         self.body = build_resnet(self.backbone, dilation=self.dilation,
@@ -81,6 +91,10 @@ class DETR(nn.Module):
             self.dtype)
         self.class_embed = TorchDense(self.num_classes + 1, dtype=self.dtype)
         self.bbox_embed = MLP(self.hidden_dim, 4, 3, dtype=self.dtype)
+        if boosted(self.num_groups, self.dn_groups):
+            self.training_queries = TrainingQueries(
+                self.num_queries, self.num_groups, self.dn_groups, self.num_classes,
+                self.hidden_dim, self.dn_box_noise, self.dn_label_noise, self.dtype)
 
     def encode(self, images, pixel_mask, train=False):
         """Everything up to the heads, for DETR and the panoptic model.
@@ -90,9 +104,10 @@ class DETR(nn.Module):
         """
         return self.encode_with_reference(images, pixel_mask, train)[:5]
 
-    def encode_with_reference(self, images, pixel_mask, train=False):
+    def encode_with_reference(self, images, pixel_mask, train=False, targets=None):
         """`encode`'s values and the conditional decoder's reference points
-        [B, Q, 2] (None for DETR's decoder)."""
+        [B, Q, 2] (None for DETR's decoder). With boosters and `train`, Q
+        covers every training query (`boosters.TrainingQueries`)."""
         feats = self.body(images.astype(self.dtype), train, pixel_mask)
         src = feats[-1]
         b, h, w, _ = src.shape
@@ -100,9 +115,19 @@ class DETR(nn.Module):
         self.sow('intermediates', 'feature_mask', mask)
         pos = self.pos_embed(mask).astype(self.dtype)
         src_proj = self.input_proj(src)
+        queries = None
+        if boosted(self.num_groups, self.dn_groups):
+            if train:
+                if self.dn_groups and targets is None:
+                    raise ValueError('model.dn_groups > 0: training needs the targets '
+                                     '(apply(..., train=True, targets=...))')
+                queries = self.training_queries(
+                    self.query_embed, targets if targets is not None else _no_targets(b))
+            elif self.is_initializing():  # create the training-only parameters
+                self.training_queries(self.query_embed, _no_targets(b), noise=False)
         out = self.transformer(
             src_proj.reshape(b, h * w, -1), mask.reshape(b, h * w), self.query_embed,
-            pos.reshape(b, h * w, -1), train)
+            pos.reshape(b, h * w, -1), train, queries)
         hs, memory = out[:2]
         ref = out[2] if self.conditional else None
         return hs, memory.reshape(b, h, w, -1), src_proj, mask, feats, ref
@@ -123,8 +148,20 @@ class DETR(nn.Module):
                                   for lg, bx in zip(logits[:-1], boxes[:-1])]
         return out
 
-    def __call__(self, images, pixel_mask, train=False):
-        hs, *_, ref = self.encode_with_reference(images, pixel_mask, train)
-        return self.heads(hs, ref)
+    def __call__(self, images, pixel_mask, train=False, targets=None):
+        """`targets` (training with denoising queries only): `labels` [B, M],
+        `boxes` [B, M, 4] (cxcywh normalized), `valid` [B, M]."""
+        hs, *_, ref = self.encode_with_reference(images, pixel_mask, train, targets)
+        out = self.heads(hs, ref)
+        if train and boosted(self.num_groups, self.dn_groups):
+            out = split_outputs(out, self.num_queries, self.num_groups, self.dn_groups)
+        return out
+
+
+def _no_targets(batch):
+    """One padded (invalid) target slot per image: what the denoising
+    queries need when there are no targets (initialization)."""
+    return {'labels': jnp.zeros((batch, 1), jnp.int32), 'boxes': jnp.zeros((batch, 1, 4)),
+            'valid': jnp.zeros((batch, 1), bool)}
 
 

@@ -21,12 +21,15 @@ def _layer_norm(name, dtype):
 def _attend(q, k, v, key_valid, scale, dropout, train, dtype):
     """q [B, Q, h, c], k [B, S, h, c], v [B, S, h, e] -> ([B, Q, h * e],
     the attention weights [B, h, Q, S] before dropout; exactly 0 on keys
-    that are not `key_valid`)."""
+    that are not `key_valid`: [B, S] for every query, or [B, Q, S] per
+    query)."""
     logits = jnp.einsum('bqhc,bkhc->bhqk', q * scale, k)
     if key_valid is not None:
+        allowed = (key_valid[:, None, None, :] if key_valid.ndim == 2
+                   else key_valid[:, None, :, :])
         # finfo.min rather than -inf: an all-padding example (the filler of a
         # last partial batch) then gives uniform weights, not NaN.
-        logits = jnp.where(key_valid[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+        logits = jnp.where(allowed, logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
     dropped = nn.Dropout(dropout)(weights, deterministic=not train)
     out = jnp.einsum('bhqk,bkhc->bqhc', dropped, v)
@@ -113,7 +116,9 @@ class DecoderLayer(nn.Module):
     dtype: object
 
     @nn.compact
-    def __call__(self, tgt, memory, pos, query_pos, key_valid, train=False):
+    def __call__(self, tgt, memory, pos, query_pos, key_valid, train=False, self_mask=None):
+        """`self_mask` [B, Q, Q] (True: query i may attend to query j) or
+        None (all queries see each other)."""
         mk = lambda name: MultiheadAttention(  # noqa: E731
             self.d_model, self.nhead, self.dropout, self.dtype, name=name)
         self_attn, cross_attn = mk('self_attn'), mk('multihead_attn')
@@ -123,12 +128,12 @@ class DecoderLayer(nn.Module):
         mem_k = memory + pos
         if self.pre_norm:
             x = norms[0](tgt)
-            tgt = tgt + drop(self_attn(x + query_pos, x + query_pos, x, None, train))
+            tgt = tgt + drop(self_attn(x + query_pos, x + query_pos, x, self_mask, train))
             x = norms[1](tgt)
             tgt = tgt + drop(cross_attn(x + query_pos, mem_k, memory, key_valid, train))
             return tgt + drop(ffn(norms[2](tgt), train))
         x = tgt + query_pos
-        tgt = norms[0](tgt + drop(self_attn(x, x, tgt, None, train)))
+        tgt = norms[0](tgt + drop(self_attn(x, x, tgt, self_mask, train)))
         tgt = norms[1](tgt + drop(cross_attn(tgt + query_pos, mem_k, memory, key_valid, train)))
         return norms[2](tgt + drop(ffn(tgt, train)))
 
@@ -166,7 +171,8 @@ class ConditionalDecoderLayer(nn.Module):
     dtype: object
 
     @nn.compact
-    def __call__(self, tgt, memory, pos, query_pos, query_sine, key_valid, train=False):
+    def __call__(self, tgt, memory, pos, query_pos, query_sine, key_valid, train=False,
+                 self_mask=None):
         d, h = self.d_model, self.nhead
         hd = d // h
         dense = lambda name: nn.Dense(  # noqa: E731
@@ -176,7 +182,7 @@ class ConditionalDecoderLayer(nn.Module):
         norms = [_layer_norm(f'norm{i}', self.dtype) for i in (1, 2, 3)]
         q = dense('sa_qcontent')(tgt) + dense('sa_qpos')(query_pos)
         k = dense('sa_kcontent')(tgt) + dense('sa_kpos')(query_pos)
-        out, _ = _attend(split(q), split(k), split(dense('sa_v')(tgt)), None, hd ** -0.5,
+        out, _ = _attend(split(q), split(k), split(dense('sa_v')(tgt)), self_mask, hd ** -0.5,
                          self.dropout, train, self.dtype)
         tgt = norms[0](tgt + drop(dense('sa_out')(out)))
         q, k = dense('ca_qcontent')(tgt), dense('ca_kcontent')(memory)
@@ -193,7 +199,7 @@ class ConditionalDecoderLayer(nn.Module):
         return norms[2](tgt + drop(ffn(tgt, train)))
 
 
-class _XavierMLP(nn.Module):
+class XavierMLP(nn.Module):
     """Linear layers with ReLU between them (xavier kernels, PyTorch biases)."""
     features: tuple
     dtype: object = jnp.float32
@@ -210,7 +216,13 @@ class _XavierMLP(nn.Module):
 class Transformer(nn.Module):
     """Returns (hs [L, B, Q, D] after the decoder's final norm, memory [B, S, D])
     and, with `conditional` (Conditional DETR's decoder), the queries'
-    reference points [B, Q, 2] (x, y in [0, 1]) as a third value."""
+    reference points [B, Q, 2] (x, y in [0, 1]) as a third value.
+
+    `queries` (training only, `boosters.TrainingQueries`' dict): the
+    decoder's queries `tgt` and `query_pos` [B, Qt, D] instead of
+    `query_embed`'s, self-attention restricted by `self_mask` [B, Qt, Qt],
+    and the last `dn_reference.shape[1]` queries' reference points given
+    (conditional decoder); None: `query_embed` [Q, D] alone."""
     d_model: int
     nhead: int
     num_encoder_layers: int
@@ -223,7 +235,7 @@ class Transformer(nn.Module):
     dtype: object
 
     @nn.compact
-    def __call__(self, src, key_valid, query_embed, pos, train=False):
+    def __call__(self, src, key_valid, query_embed, pos, train=False, queries=None):
         kw = dict(d_model=self.d_model, nhead=self.nhead,
                   dim_feedforward=self.dim_feedforward, dropout=self.dropout,
                   pre_norm=self.pre_norm, dtype=self.dtype)
@@ -236,16 +248,23 @@ class Transformer(nn.Module):
         if self.pre_norm:
             memory = _layer_norm('encoder_norm', self.dtype)(memory)
         b = src.shape[0]
-        query_pos = jnp.broadcast_to(query_embed[None].astype(src.dtype),
-                                     (b,) + query_embed.shape)
-        tgt = jnp.zeros_like(query_pos)
+        self_mask = None
+        if queries is None:
+            query_pos = jnp.broadcast_to(query_embed[None].astype(src.dtype),
+                                         (b,) + query_embed.shape)
+            tgt = jnp.zeros_like(query_pos)
+        else:
+            tgt, query_pos, self_mask = queries['tgt'], queries['query_pos'], queries['self_mask']
         dec_norm = _layer_norm('decoder_norm', self.dtype)
         hs = []
         if self.conditional:
             d = self.d_model
-            ref = jax.nn.sigmoid(_XavierMLP((d, 2), self.dtype, name='ref_point_head')(query_pos))
+            ref = jax.nn.sigmoid(XavierMLP((d, 2), self.dtype, name='ref_point_head')(query_pos))
+            if queries is not None and queries['dn_reference'] is not None:
+                given = queries['dn_reference'].astype(ref.dtype)
+                ref = jnp.concatenate([ref[:, :ref.shape[1] - given.shape[1]], given], 1)
             sine = point_sine_embed(ref, d // 2).astype(self.dtype)
-            query_scale = _XavierMLP((d, d), self.dtype, name='query_scale')
+            query_scale = XavierMLP((d, d), self.dtype, name='query_scale')
             layer_cls = (nn.remat(ConditionalDecoderLayer, static_argnums=(7,)) if self.remat
                          else ConditionalDecoderLayer)
             for i in range(self.num_decoder_layers):
@@ -254,11 +273,11 @@ class Transformer(nn.Module):
                 tgt = layer_cls(
                     d, self.nhead, self.dim_feedforward, self.dropout, i == 0, self.dtype,
                     name=f'decoder_layers_{i}')(tgt, memory, pos, query_pos, sine * scale,
-                                                key_valid, train)
+                                                key_valid, train, self_mask)
                 hs.append(dec_norm(tgt))
             return jnp.stack(hs), memory, ref
         for i in range(self.num_decoder_layers):
             tgt = dec_cls(**kw, name=f'decoder_layers_{i}')(
-                tgt, memory, pos, query_pos, key_valid, train)
+                tgt, memory, pos, query_pos, key_valid, train, self_mask)
             hs.append(dec_norm(tgt))
         return jnp.stack(hs), memory
