@@ -87,9 +87,12 @@ class Progress:
         say(' | '.join(parts))
 
 
-def eval_line(step, metrics, num_images, seconds, picture=None):
+def eval_line(step, metrics, num_images, seconds, picture=None, detections='best_class'):
+    """`detections`: how they were read off the heads, named unless the
+    original's way ('best_class')."""
     where = f' -> {picture}' if picture else ''
-    say(f'eval at step {step} ({num_images} images, {seconds:.0f}s): '
+    kind = '' if detections == 'best_class' else f', {detections} detections'
+    say(f'eval at step {step} ({num_images} images{kind}, {seconds:.0f}s): '
         f'{format_metrics(metrics)}{where}')
 
 

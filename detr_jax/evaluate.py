@@ -220,9 +220,12 @@ def run_eval(trainer, state, source, workdir, step, writer):
     metrics json and a picture of predictions in `workdir/eval/` (panoptic:
     the predicted segments in COCO's format, `panoptic_{step}/*.png` and
     `panoptic_{step}.json`), scalars to `writer`, a line on the console.
-    Returns the metrics (with `picture`: the PNG's path)."""
+    The metrics json names how detections were read off the heads
+    (`config.model.detections`). Returns the metrics (with `picture`: the
+    PNG's path)."""
     from detr_jax import draw
     config = trainer.config
+    kind = config.model.get('detections', 'best_class')  # postprocess.detections'
     t = time.time()
     out_dir = as_path(workdir) / 'eval'
     writes = jax.process_index() == 0  # every host has every result; one writes
@@ -246,17 +249,17 @@ def run_eval(trainer, state, source, workdir, step, writer):
     # undefined figures (None) are left out of TensorBoard
     writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items() if v is not None})
     if writes:
-        write_json(out_dir / f'metrics_{step}.json', {'step': step, 'images': len(ids), **metrics},
-                   indent=1)
-    logging.info('eval at step %d (%d images, %.0fs):\n%s', step, len(ids), time.time() - t,
-                 format_table(metrics))
+        write_json(out_dir / f'metrics_{step}.json',
+                   {'step': step, 'images': len(ids), 'detections': kind, **metrics}, indent=1)
+    logging.info('eval at step %d (%d images, detections: %s, %.0fs):\n%s', step, len(ids), kind,
+                 time.time() - t, format_table(metrics))
     pic = draw.draw_eval_samples(samples, source.label_map, max_images=config.train.num_vis_images)
     picture = None
     if pic is not None and writes:
         picture = str(out_dir / f'predictions_{step}.png')
         write_png(picture, pic)
         writer.write_images(step, {'eval/predictions': pic[None]})
-    console.eval_line(step, metrics, len(ids), time.time() - t, picture)
+    console.eval_line(step, metrics, len(ids), time.time() - t, picture, kind)
     return dict(metrics, picture=picture) if picture else metrics
 
 

@@ -25,9 +25,11 @@ bool [b, H, W] (True on the real, top-left pixels), normalization inside;
 float32 images, padding 0, and the mask). Outputs: `module.apply`'s
 `pred_logits` [b, Q, C+1] and `pred_boxes` [b, Q, 4] (cx, cy, w, h in [0, 1]
 of the unpadded image), plus `pred_masks` [b, Q, H/4, W/4] (mask logits)
-for panoptic models. `--postprocess` instead returns the original's
-PostProcess: `scores`, `labels` [b, Q], `boxes` [b, Q, 4] xyxy in pixels of
-an extra input `orig_sizes` int32 [b, 2] (h, w); a panoptic model keeps
+for panoptic models. `--postprocess` instead returns the detections
+(`postprocess.detections` of the model config's `detections` kind: the
+original's PostProcess by default): `scores`, `labels`, `queries` [b, Q],
+`boxes` [b, Q, 4] xyxy in pixels of an extra input `orig_sizes` int32
+[b, 2] (h, w); a panoptic model keeps
 `pred_masks` then (merging segments is host work: `postprocess.panoptic`).
 """
 import argparse
@@ -56,7 +58,7 @@ def model_function(model, model_config, input_kind='uint8', postprocess=False):
         out = model.apply(variables, x, pixel_mask)
         res = {'pred_logits': out['pred_logits'], 'pred_boxes': out['pred_boxes']}
         if postprocess:
-            res = dict(detections(out, orig_sizes))
+            res = dict(detections(out, orig_sizes, model_config.get('detections', 'best_class')))
             res['labels'] = res['labels'].astype(jnp.int32)
         if masks:
             res['pred_masks'] = out['pred_masks']

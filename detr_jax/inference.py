@@ -147,7 +147,7 @@ class Predictor:
                                           mutable=['intermediates'])
         else:
             out = self.model.apply(variables, pixels, pixel_mask)
-        res = dict(detections(out, orig_sizes))
+        res = dict(detections(out, orig_sizes, self.model_config.detections))
         if self.panoptic:
             res['pan'] = panoptic_on_device(out, sizes, panoptic_threshold)
             res['pred_masks'] = out['pred_masks']
@@ -185,7 +185,7 @@ class Predictor:
             segments = panoptic_segments(pan, out['pred_masks'], sizes, orig_sizes,
                                          self.is_thing, self.label_map)
         results = []
-        kept = select({k: host[k][list(rows)] for k in ('scores', 'labels', 'boxes')},
+        kept = select({k: host[k][list(rows)] for k in ('scores', 'labels', 'boxes', 'queries')},
                       threshold)
         for i, r in zip(rows, kept):
             order, labels = r['queries'], r['labels']

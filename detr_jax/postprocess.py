@@ -8,28 +8,51 @@ from detr_jax.box_ops import box_cxcywh_to_xyxy
 from detr_jax.panoptic_format import resize_ids
 
 
-def detections(outputs, orig_sizes):
-    """`scores`, `labels` [B, Q] (best real class per query, no-object
-    dropped) and `boxes` [B, Q, 4] xyxy in pixels of `orig_sizes` [B, 2]
-    (h, w)."""
+# How detections are read off the heads (`config.model.detections`)
+DETECTION_KINDS = ('best_class', 'top_pairs')
+
+
+def detections(outputs, orig_sizes, kind='best_class'):
+    """`scores`, `labels`, `queries` (the query each came from) [B, Q] and
+    `boxes` [B, Q, 4] xyxy in pixels of `orig_sizes` [B, 2] (h, w).
+
+    `kind` 'best_class' (the original's PostProcess): each query's best
+    real class (no-object dropped), in query order. 'top_pairs'
+    (Deformable and Conditional DETR's): the Q best (query, class) pairs
+    over all queries and real classes, best first, so a query may give
+    two detections of different classes."""
     prob = jax.nn.softmax(outputs['pred_logits'].astype(jnp.float32), -1)[..., :-1]
-    scores, labels = prob.max(-1), prob.argmax(-1)
+    b, q, c = prob.shape
+    boxes = outputs['pred_boxes']
+    if kind == 'best_class':
+        scores, labels = prob.max(-1), prob.argmax(-1)
+        queries = jnp.broadcast_to(jnp.arange(q), (b, q))
+    elif kind == 'top_pairs':
+        scores, pairs = jax.lax.top_k(prob.reshape(b, q * c), q)
+        queries, labels = pairs // c, pairs % c
+        boxes = jnp.take_along_axis(boxes, queries[..., None], axis=1)
+    else:
+        raise ValueError(f'detections kind {kind!r}: one of {DETECTION_KINDS}')
     h, w = orig_sizes[:, 0].astype(jnp.float32), orig_sizes[:, 1].astype(jnp.float32)
     scale = jnp.stack([w, h, w, h], -1)[:, None, :]
-    return {'scores': scores, 'labels': labels,
-            'boxes': box_cxcywh_to_xyxy(outputs['pred_boxes']) * scale}
+    return {'scores': scores, 'labels': labels, 'queries': queries,
+            'boxes': box_cxcywh_to_xyxy(boxes) * scale}
 
 
 def select(dets, threshold=0.0, top_k=None):
     """Per image {'scores', 'labels', 'boxes', 'queries' (the query each
-    came from)} above `threshold`, best first (ties in query order), at
-    most `top_k` (host-side, numpy)."""
+    came from: `dets['queries']` when given, else the position)} above
+    `threshold`, best first (ties in position order), at most `top_k`
+    (host-side, numpy)."""
     out = []
-    for s, l, b in zip(*(np.asarray(dets[k]) for k in ('scores', 'labels', 'boxes'))):
+    scores, labels, boxes = (np.asarray(dets[k]) for k in ('scores', 'labels', 'boxes'))
+    queries = (np.asarray(dets['queries']) if 'queries' in dets
+               else np.broadcast_to(np.arange(scores.shape[1]), scores.shape))
+    for s, l, b, q in zip(scores, labels, boxes, queries):
         order = np.argsort(-s, kind='stable')
         order = order[s[order] > threshold][:top_k]
         out.append({'scores': s[order], 'labels': l[order], 'boxes': b[order],
-                    'queries': order})
+                    'queries': q[order]})
     return out
 
 

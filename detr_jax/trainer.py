@@ -165,9 +165,10 @@ def ema_update(ema, params, step, decay):
     return jax.tree_util.tree_map(lambda e, p: e + (1.0 - d) * (p - e), ema, params)
 
 
-def eval_step(variables, batch, *, model, panoptic_threshold=0.85):
-    """Detections (`postprocess.detections`: scores, labels [B, Q], boxes
-    [B, Q, 4] xyxy in pixels of `orig_size`) of one eval batch; for a
+def eval_step(variables, batch, *, model, panoptic_threshold=0.85, detections_kind='best_class'):
+    """Detections (`postprocess.detections` of `detections_kind`: scores,
+    labels [B, Q], boxes [B, Q, 4] xyxy in pixels of `orig_size`) of one
+    eval batch; for a
     panoptic model also the device part of the panoptic post-processing
     (`postprocess.panoptic_on_device` at `panoptic_threshold`, over the
     unpadded `size` [B, 2]: `keep`, `labels`... as `pan_keep`,
@@ -175,7 +176,7 @@ def eval_step(variables, batch, *, model, panoptic_threshold=0.85):
     for images that lose a small segment)."""
     mask = batch['pixel_mask']
     out = model.apply(variables, normalize(batch['images'], mask), mask, train=False)
-    dets = detections(out, batch['orig_size'])
+    dets = detections(out, batch['orig_size'], detections_kind)
     if 'pred_masks' in out:
         parts = panoptic_on_device(out, batch['size'], panoptic_threshold)
         dets.update({f'pan_{k}': v for k, v in parts.items()}, pred_masks=out['pred_masks'])
@@ -238,7 +239,8 @@ def build_trainer(config, mesh, steps_per_epoch, total_steps=None):
                    state_shardings=shardings, train_step=step,
                    eval_step=jax.jit(functools.partial(
                        eval_step, model=model,
-                       panoptic_threshold=config.train.get('panoptic_threshold', 0.85))),
+                       panoptic_threshold=config.train.get('panoptic_threshold', 0.85),
+                       detections_kind=config.model.get('detections', 'best_class'))),
                    abstract_state=jax.tree_util.tree_map(
                        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                        abstract, shardings),

@@ -1,5 +1,7 @@
 """Training-only boosters (models/boosters.py): Group DETR's query groups and
 DN-DETR's denoising queries. The inference model stays DETR's."""
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -190,11 +192,16 @@ def test_groups_train_with_either_decoder_remat_and_accumulation(cache_dir, cond
 
 
 def test_a_boosted_workdir_predicts_as_a_plain_model(tmp_path, cache_dir):
-    c = _boosted_config(cache_dir, **BOOSTED)
-    c.train.max_steps = 2
-    workdir = str(tmp_path / 'run')
-    train.train_and_evaluate(c, workdir)
-    predictor = inference.Predictor.load(workdir)
+    c = _boosted_config(cache_dir, detections='top_pairs', **BOOSTED)
+    c.train.max_steps, c.train.eval_every, c.train.eval_max_images = 2, -1, 8
+    workdir = tmp_path / 'run'
+    train.train_and_evaluate(c, str(workdir))
+    # the evaluation says how it read detections off the heads
+    assert json.loads((workdir / 'eval' / 'metrics_2.json').read_text())['detections'] == 'top_pairs'
+    predictor = inference.Predictor.load(str(workdir))
+    assert predictor.model_config.detections == 'top_pairs'
+    (result,) = predictor([np.zeros((64, 80, 3), np.uint8)], threshold=0.0)
+    assert len(result['scores']) == 12 and np.all(np.diff(result['scores']) <= 0)
     plain = build_model(tiny_config.get_config().model)
     variables = {'params': strip_training_only(predictor.variables['params']),
                  'batch_stats': predictor.variables['batch_stats']}

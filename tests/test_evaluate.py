@@ -26,6 +26,28 @@ def test_postprocess_parity(reference):
     assert all((np.diff(s['scores']) <= 0).all() for s in sel)
 
 
+def test_top_pairs_detections():
+    # query 0: classes 0 and 1 both likely; query 1: mostly no-object
+    probs = np.array([[[0.5, 0.4, 0.05, 0.05], [0.1, 0.15, 0.05, 0.7]]], np.float32)
+    out = {'pred_logits': jnp.log(jnp.asarray(probs)),
+           'pred_boxes': jnp.asarray([[[0.5, 0.5, 0.2, 0.4], [0.25, 0.25, 0.1, 0.1]]])}
+    size = jnp.asarray([[100, 200]])
+    best = detections(out, size)
+    np.testing.assert_array_equal(best['labels'], [[0, 1]])
+    np.testing.assert_array_equal(best['queries'], [[0, 1]])
+    np.testing.assert_allclose(best['scores'], [[0.5, 0.15]], rtol=1e-6)
+    top = detections(out, size, 'top_pairs')
+    # the two best (query, class) pairs are both query 0's
+    np.testing.assert_array_equal(top['queries'], [[0, 0]])
+    np.testing.assert_array_equal(top['labels'], [[0, 1]])
+    np.testing.assert_allclose(top['scores'], [[0.5, 0.4]], rtol=1e-6)
+    np.testing.assert_allclose(top['boxes'], [[[80, 30, 120, 70]] * 2], rtol=1e-6)
+    (sel,) = select(top, threshold=0.3)
+    np.testing.assert_array_equal(sel['queries'], [0, 0])
+    with pytest.raises(ValueError, match='top_pairs'):
+        detections(out, size, 'top')
+
+
 @pytest.fixture(scope='module')
 def val_set(tmp_path_factory):
     root = tmp_path_factory.mktemp('syn')

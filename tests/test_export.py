@@ -111,8 +111,9 @@ def test_exported_artifacts_reload_elsewhere_and_match_flax(converted, tmp_path,
                             jnp.asarray(x['pixel_mask']))
             if postprocess:
                 o = detections(o, jnp.asarray(x['orig_sizes']))
-            for name in ('scores', 'labels', 'boxes') if postprocess else ('pred_logits',
-                                                                          'pred_boxes'):
+            names = (('scores', 'labels', 'boxes', 'queries') if postprocess
+                     else ('pred_logits', 'pred_boxes'))
+            for name in names:
                 expected[f'{bucket[0]}x{bucket[1]}/{name}_{n}'] = np.asarray(o[name])
     np.savez(out / 'inputs.npz', **inputs)
     for kind in ('stablehlo', 'savedmodel'):  # each in a fresh process

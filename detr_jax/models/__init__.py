@@ -53,6 +53,11 @@ def default_model_config():
         dn_groups=0,
         dn_box_noise=0.4,
         dn_label_noise=0.2,
+        # how detections are read off the heads (postprocess.detections):
+        # 'best_class' (the original's: each query's best class) or
+        # 'top_pairs' (the best query x class pairs, Deformable/Conditional
+        # DETR's); evaluation and inference both use it
+        detections='best_class',
     ))
 
 
@@ -86,6 +91,8 @@ def validate_model_config(cfg):
     if cfg.masks and (cfg.num_groups > 1 or cfg.dn_groups > 0):
         bad('masks', 'the training boosters (num_groups > 1, dn_groups > 0) are for '
             'detection training; train the panoptic mask head without them')
+    if cfg.detections not in ('best_class', 'top_pairs'):
+        bad('detections', "must be 'best_class' or 'top_pairs'")
     if cfg.dtype not in _DTYPES:
         bad('dtype', f'must be one of {sorted(_DTYPES)}')
     for key in ('num_queries', 'num_classes', 'enc_layers', 'dec_layers', 'dim_feedforward'):
