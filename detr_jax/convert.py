@@ -6,7 +6,10 @@
   torch (`detr_jax.pth_reader`);
 - Hugging Face DETR: a `save_pretrained` directory, `model.safetensors` or
   `pytorch_model.bin`, with the hub's historical key names or those of
-  `transformers` 5.x, native or timm ResNet backbones.
+  `transformers` 5.x, native or timm ResNet backbones;
+- Hugging Face Conditional DETR (`ConditionalDetrForObjectDetection`, both
+  key layouts) into `model.conditional` with its sigmoid classifier
+  (`model.class_head='sigmoid'`, detections 'top_pairs' as it reads them).
 
 Every checkpoint is first brought to the original's key names; then each of
 our variables names the key it comes from, so a missing, unexpected or
@@ -124,7 +127,11 @@ def infer_model_config(state_dict, args=None, **overrides):
             raise CheckpointError(f'missing keys: {k} (is this a DETR checkpoint?)')
     cfg = default_model_config()
     cfg.masks = masks
-    cfg.num_classes = sd[f'{p}class_embed.weight'].shape[0] - 1
+    if any(k.startswith('transformer.ref_point_head.') for k in keys):
+        # Conditional DETR: its decoder, a sigmoid classifier (no "no
+        # object" logit) read as the best query x class pairs
+        cfg.conditional, cfg.class_head, cfg.detections = True, 'sigmoid', 'top_pairs'
+    cfg.num_classes = sd[f'{p}class_embed.weight'].shape[0] - (cfg.class_head == 'softmax')
     cfg.num_queries, cfg.hidden_dim = sd[f'{p}query_embed.weight'].shape
     cfg.enc_layers = _count(keys, 'transformer.encoder.layers.')
     cfg.dec_layers = _count(keys, 'transformer.decoder.layers.')
@@ -189,6 +196,32 @@ _HF_RULES = [
     (r'^mask_head\.output_conv\.', 'mask_head.out_lay.'),
     (r'^bbox_attention\.([qk])_proj\.', r'bbox_attention.\1_linear.'),
 ]
+# Conditional DETR's decoder (HF, the hub's layout and transformers 5.x's) ->
+# our conditional decoder's names (`models.transformer.ConditionalDecoderLayer`)
+_HF_CONDITIONAL_RULES = [
+    (r'^model\.decoder\.layers\.(\d+)\.(sa|ca)_(qcontent|qpos|kcontent|kpos|v|qpos_sine)_proj\.',
+     r'transformer.decoder.layers.\1.\2_\3.'),
+    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.([qk])_(content|pos)_proj\.',
+     r'transformer.decoder.layers.\1.sa_\2\3.'),
+    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.([qk])_(content|pos)_proj\.',
+     r'transformer.decoder.layers.\1.ca_\2\3.'),
+    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.q_pos_sine_proj\.',
+     r'transformer.decoder.layers.\1.ca_qpos_sine.'),
+    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.v_proj\.', r'transformer.decoder.layers.\1.sa_v.'),
+    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.v_proj\.', r'transformer.decoder.layers.\1.ca_v.'),
+    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.(?:o|out)_proj\.',
+     r'transformer.decoder.layers.\1.sa_out.'),
+    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.(?:o|out)_proj\.',
+     r'transformer.decoder.layers.\1.ca_out.'),
+    (r'^model\.decoder\.layers\.(\d+)\.self_attn_layer_norm\.', r'transformer.decoder.layers.\1.norm1.'),
+    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.', r'transformer.decoder.layers.\1.norm2.'),
+    (r'^model\.decoder\.layers\.(\d+)\.final_layer_norm\.', r'transformer.decoder.layers.\1.norm3.'),
+    (r'^model\.decoder\.layers\.(\d+)\.(?:mlp\.)?fc([12])\.', r'transformer.decoder.layers.\1.linear\2.'),
+    (r'^model\.decoder\.(query_scale|ref_point_head)\.', r'transformer.\1.'),
+]
+# a key only Conditional DETR has
+_CONDITIONAL_KEY = re.compile(r'(ref_point_head|q_content_proj|qcontent_proj)')
+
 _HF_LAYER_RULES = [
     (r'\.encoder_attn_layer_norm\.', '.norm2.'),
     (r'\.encoder_attn\.', '.multihead_attn.'),
@@ -201,12 +234,27 @@ _HF_LAYER_RULES = [
 
 def hf_to_original(hf_sd):
     """Renames a Hugging Face DETR state dict to the original's key names
-    (q/k/v projections are concatenated into `in_proj_weight`/`_bias`)."""
+    (q/k/v projections are concatenated into `in_proj_weight`/`_bias`);
+    a Conditional DETR's decoder to our conditional decoder's names."""
     out, qkv = {}, {}
+    conditional = any(_CONDITIONAL_KEY.search(k) for k in hf_sd)
     for key, val in hf_sd.items():
         prefix = ''
         if key.startswith('detr.'):
             prefix, key = 'detr.', key[len('detr.'):]
+        if conditional and key.startswith('model.decoder.'):
+            new = key
+            for pat, rep in _HF_CONDITIONAL_RULES:
+                if re.match(pat, key):
+                    new = re.sub(pat, rep, key)
+                    break
+            else:
+                if key.startswith('model.decoder.layernorm.'):
+                    new = 'transformer.decoder.norm.' + key[len('model.decoder.layernorm.'):]
+                else:
+                    raise CheckpointError(f'{key}: not a Conditional DETR decoder tensor we know')
+            out[new] = val
+            continue
         new = key
         for pat, rep in _HF_RULES:
             if re.match(pat, new):
@@ -312,11 +360,12 @@ def read_state_dict(path):
     if not all(isinstance(v, np.ndarray) for v in raw.values()):
         bad = [k for k, v in raw.items() if not isinstance(v, np.ndarray)]
         raise CheckpointError(f'{path}: entries that are not tensors: {bad[:5]}')
-    conditional = [k for k in raw if re.search(r'(ref_point_head|q_content_proj|ca_qcontent_proj)', k)]
-    if conditional:
-        raise CheckpointError(f'{path}: a Conditional DETR checkpoint ({conditional[0]}); converting '
-                              'those is not supported (model.conditional trains from scratch)')
     is_hf = any(k.startswith(('model.', 'detr.model.')) for k in raw)
+    conditional = [k for k in raw if _CONDITIONAL_KEY.search(k)]
+    if conditional and not is_hf:
+        raise CheckpointError(f'{path}: a Conditional DETR checkpoint ({conditional[0]}) outside '
+                              "Hugging Face's layout; convert it with transformers first "
+                              '(ConditionalDetrForObjectDetection.save_pretrained)')
     sd = hf_to_original(raw) if is_hf else raw
     if is_hf and hf_cfg is None and 'nheads' not in args:
         hf_cfg = {}

@@ -58,7 +58,8 @@ def model_function(model, model_config, input_kind='uint8', postprocess=False):
         out = model.apply(variables, x, pixel_mask)
         res = {'pred_logits': out['pred_logits'], 'pred_boxes': out['pred_boxes']}
         if postprocess:
-            res = dict(detections(out, orig_sizes, model_config.get('detections', 'best_class')))
+            res = dict(detections(out, orig_sizes, model_config.get('detections', 'best_class'),
+                                  model_config.get('class_head', 'softmax')))
             res['labels'] = res['labels'].astype(jnp.int32)
         if masks:
             res['pred_masks'] = out['pred_masks']

@@ -147,7 +147,8 @@ class Predictor:
                                           mutable=['intermediates'])
         else:
             out = self.model.apply(variables, pixels, pixel_mask)
-        res = dict(detections(out, orig_sizes, self.model_config.detections))
+        res = dict(detections(out, orig_sizes, self.model_config.detections,
+                              self.model_config.class_head))
         if self.panoptic:
             res['pan'] = panoptic_on_device(out, sizes, panoptic_threshold)
             res['pred_masks'] = out['pred_masks']

@@ -19,19 +19,30 @@ def _gather(x, idx):
     return jnp.take_along_axis(x, idx, axis=1)
 
 
-def _label_terms(logits, idx, targets, eos_coef, with_class_error):
+def _label_terms(logits, idx, targets, eos_coef, with_class_error, num_boxes=None,
+                 class_head='softmax'):
     b, q, c1 = logits.shape
+    # the class index of "no object": the last logit, or none at all (sigmoid)
+    no_object = c1 if class_head == 'sigmoid' else c1 - 1
     valid, labels = targets['valid'], targets['labels']
     # [B, M, Q] assignment as a one-hot (not a scatter: elementwise ops stay
     # on their shard under a batch-sharded jit, a scatter is gathered)
     assigned = (idx[..., None] == jnp.arange(q)) & valid[..., None]
     target_classes = jnp.where(assigned.any(1),
-                               (assigned * labels[..., None].astype(jnp.int32)).sum(1), c1 - 1)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, target_classes[..., None], axis=-1)[..., 0]
-    w = jnp.where(target_classes == c1 - 1, eos_coef, 1.0)
-    out = {'loss_ce': (w * nll).sum() / w.sum()}
-    card_pred = (jnp.argmax(logits, -1) != c1 - 1).sum(1)
+                               (assigned * labels[..., None].astype(jnp.int32)).sum(1), no_object)
+    if class_head == 'sigmoid':
+        # Conditional DETR's: the focal loss of every (query, class) logit,
+        # "no object" being all zeros, summed and divided by num_boxes
+        onehot = jax.nn.one_hot(target_classes, c1, dtype=jnp.float32)
+        out = {'loss_ce': sigmoid_focal_loss(logits.astype(jnp.float32), onehot).sum()
+               / num_boxes}
+        card_pred = (jax.nn.sigmoid(logits.max(-1)) > 0.5).sum(1)
+    else:
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        nll = -jnp.take_along_axis(logp, target_classes[..., None], axis=-1)[..., 0]
+        w = jnp.where(target_classes == c1 - 1, eos_coef, 1.0)
+        out = {'loss_ce': (w * nll).sum() / w.sum()}
+        card_pred = (jnp.argmax(logits, -1) != c1 - 1).sum(1)
     out['cardinality_error'] = jnp.abs(card_pred - valid.sum(1)).astype(jnp.float32).mean()
     if with_class_error:
         correct = (jnp.argmax(_gather(logits, idx), -1) == labels) & valid
@@ -130,37 +141,50 @@ def _groups(outputs):
     return [outputs] + list(outputs.get('group_outputs', []))
 
 
-def matching_costs(outputs, targets, matcher_cfg):
+def class_head_of(config):
+    """The model's classifier kind (`config.model.class_head`; 'softmax'
+    when the config has no model section)."""
+    model = config.get('model') if hasattr(config, 'get') else None
+    return (model or {}).get('class_head', 'softmax')
+
+
+def matching_costs(outputs, targets, matcher_cfg, class_head='softmax'):
     """The matching cost of every decoder layer of every query group
-    [G * L, B, Q, M] (`matching.matching_cost`): group g's layer i is at
-    g * L + i, layer L-1 being the final output."""
+    [G * L, B, Q, M] (`matching.matching_cost`, for the model's
+    `class_head`): group g's layer i is at g * L + i, layer L-1 being the
+    final output."""
     layers = [o for grp in _groups(outputs) for o in list(grp.get('aux_outputs', [])) + [grp]]
     logits = jnp.stack([o['pred_logits'] for o in layers])
     boxes = jnp.stack([o['pred_boxes'] for o in layers])
     return matching_cost(logits, boxes, targets['labels'][None], targets['boxes'][None],
-                         targets['valid'][None], matcher_cfg)
+                         targets['valid'][None], matcher_cfg, class_head)
 
 
-def match_all_layers(outputs, targets, matcher_cfg, mesh=None):
+def match_all_layers(outputs, targets, matcher_cfg, mesh=None, class_head='softmax'):
     """Query index per target [G * L, B, M] (`matching_costs`' order)."""
-    return match(matching_costs(outputs, targets, matcher_cfg), targets['valid'],
+    return match(matching_costs(outputs, targets, matcher_cfg, class_head), targets['valid'],
                  matcher_cfg['solver'], mesh)
 
 
-def _denoising_terms(dn_outputs, targets, num_boxes):
+def _denoising_terms(dn_outputs, targets, num_boxes, class_head='softmax'):
     """DN-DETR's reconstruction loss, no matching: denoising query k*M + m
     predicts target slot m (`boosters.split_outputs`). Per decoder layer
     [L]: the cross-entropy of the true class, L1 and 1 - GIoU of the true
     box, summed over real targets and divided by `num_boxes` x the number
-    of denoising groups."""
+    of denoising groups (the 'sigmoid' head: the focal loss of the
+    query's logits against the true class instead of the cross-entropy)."""
     logits, boxes = dn_outputs['pred_logits'], dn_outputs['pred_boxes']
     k = logits.shape[2] // targets['valid'].shape[1]
     valid = jnp.tile(targets['valid'], (1, k))
     labels = jnp.tile(targets['labels'], (1, k))
     tgt = jnp.tile(targets['boxes'], (1, k, 1))
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, jnp.broadcast_to(labels, logits.shape[:3])[..., None],
-                               axis=-1)[..., 0]
+    labels = jnp.broadcast_to(labels, logits.shape[:3])
+    if class_head == 'sigmoid':
+        onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+        nll = sigmoid_focal_loss(logits.astype(jnp.float32), onehot).sum(-1)
+    else:
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
     l1 = jnp.abs(boxes - tgt).sum(-1)
     giou = elementwise_giou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(tgt))
     n = num_boxes * k
@@ -176,7 +200,8 @@ def set_criterion(outputs, targets, config, mesh=None, idx=None):
     targets: `labels` [B, M] int, `boxes` [B, M, 4] (cxcywh, normalized),
       `valid` [B, M] bool, and `masks` [B, M, H, W] when `pred_masks` is given.
     config: has `matcher` (cost_class, cost_bbox, cost_giou, solver) and
-      `loss` (ce, bbox, giou, mask, dice, eos_coef).
+      `loss` (ce, bbox, giou, mask, dice, eos_coef); its `model` section,
+      if any, names the `class_head` ('softmax' when absent).
     mesh: the device mesh of a sharded batch ('data' axis), for the scipy
       solver to run per shard.
     idx: the assignment [L, B, M] (`match_all_layers`) when it is computed
@@ -192,9 +217,10 @@ def set_criterion(outputs, targets, config, mesh=None, idx=None):
     (`_denoising_terms`). Every term enters the total with its weight.
     """
     loss_cfg, matcher_cfg = config['loss'], config['matcher']
+    class_head = class_head_of(config)
     aux = list(outputs.get('aux_outputs', []))
     if idx is None:
-        idx = match_all_layers(outputs, targets, matcher_cfg, mesh)
+        idx = match_all_layers(outputs, targets, matcher_cfg, mesh, class_head)
     num_boxes = jnp.maximum(targets['valid'].sum().astype(jnp.float32), 1.0)
     metrics = {}
     groups = _groups(outputs)
@@ -205,7 +231,7 @@ def set_criterion(outputs, targets, config, mesh=None, idx=None):
             last = i == len(aux)
             j = g * len(layers) + i
             terms = _label_terms(out['pred_logits'], idx[j], targets, loss_cfg['eos_coef'],
-                                 last and not g)
+                                 last and not g, num_boxes, class_head)
             if g:  # the cardinality of group 0 says it
                 del terms['cardinality_error']
             terms.update(_box_terms(out['pred_boxes'], idx[j], targets, num_boxes))
@@ -213,7 +239,8 @@ def set_criterion(outputs, targets, config, mesh=None, idx=None):
                 terms.update(_mask_terms(out['pred_masks'], idx[j], targets, num_boxes))
             metrics.update({(k if last else f'{k}_{i}') + suffix: v for k, v in terms.items()})
     if 'dn_outputs' in outputs:
-        for k, v in _denoising_terms(outputs['dn_outputs'], targets, num_boxes).items():
+        for k, v in _denoising_terms(outputs['dn_outputs'], targets, num_boxes,
+                                     class_head).items():
             metrics[k] = v[-1]
             metrics.update({f'{k}_{i}': v[i] for i in range(len(aux))})
     weights = weight_dict(loss_cfg, len(aux), 'pred_masks' in outputs, len(groups),

@@ -25,14 +25,22 @@ from jax.sharding import PartitionSpec as P
 from detr_jax.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
 
-def matching_cost(logits, boxes, tgt_labels, tgt_boxes, valid, matcher_cfg):
+def matching_cost(logits, boxes, tgt_labels, tgt_boxes, valid, matcher_cfg, class_head='softmax'):
     """The original HungarianMatcher's cost, [..., Q, M].
 
     cost_class * -p(class) + cost_bbox * L1(cxcywh) + cost_giou * -GIoU;
-    padded target columns are 0.
+    padded target columns are 0. With the 'sigmoid' `class_head`
+    (Conditional DETR's), the class cost is its focal one:
+    alpha (1-p)^2 (-log p) - (1-alpha) p^2 (-log(1-p)), alpha = 0.25.
     """
-    prob = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    cost_class = -jnp.take_along_axis(prob, tgt_labels[..., None, :], axis=-1)
+    if class_head == 'sigmoid':
+        prob = jax.nn.sigmoid(logits.astype(jnp.float32))
+        neg = 0.75 * prob ** 2 * -jnp.log(1 - prob + 1e-8)
+        pos = 0.25 * (1 - prob) ** 2 * -jnp.log(prob + 1e-8)
+        cost_class = jnp.take_along_axis(pos - neg, tgt_labels[..., None, :], axis=-1)
+    else:
+        prob = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        cost_class = -jnp.take_along_axis(prob, tgt_labels[..., None, :], axis=-1)
     cost_bbox = jnp.abs(boxes[..., :, None, :] - tgt_boxes[..., None, :, :]).sum(-1)
     cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(tgt_boxes))
     c = (matcher_cfg['cost_bbox'] * cost_bbox + matcher_cfg['cost_class'] * cost_class

@@ -12,7 +12,17 @@ from detr_jax.panoptic_format import resize_ids
 DETECTION_KINDS = ('best_class', 'top_pairs')
 
 
-def detections(outputs, orig_sizes, kind='best_class'):
+def class_probabilities(logits, class_head='softmax'):
+    """Per-class scores [..., C] of the real classes: the softmax over the
+    C+1 logits without "no object" (the original's head) or each logit's
+    sigmoid ('sigmoid' head, C logits)."""
+    logits = logits.astype(jnp.float32)
+    if class_head == 'sigmoid':
+        return jax.nn.sigmoid(logits)
+    return jax.nn.softmax(logits, -1)[..., :-1]
+
+
+def detections(outputs, orig_sizes, kind='best_class', class_head='softmax'):
     """`scores`, `labels`, `queries` (the query each came from) [B, Q] and
     `boxes` [B, Q, 4] xyxy in pixels of `orig_sizes` [B, 2] (h, w).
 
@@ -20,8 +30,9 @@ def detections(outputs, orig_sizes, kind='best_class'):
     real class (no-object dropped), in query order. 'top_pairs'
     (Deformable and Conditional DETR's): the Q best (query, class) pairs
     over all queries and real classes, best first, so a query may give
-    two detections of different classes."""
-    prob = jax.nn.softmax(outputs['pred_logits'].astype(jnp.float32), -1)[..., :-1]
+    two detections of different classes. `class_head`: the model's
+    (`class_probabilities`)."""
+    prob = class_probabilities(outputs['pred_logits'], class_head)
     b, q, c = prob.shape
     boxes = outputs['pred_boxes']
     if kind == 'best_class':

@@ -30,7 +30,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from detr_jax.data.normalize import normalize
-from detr_jax.losses import matching_costs, set_criterion
+from detr_jax.losses import class_head_of, matching_costs, set_criterion
 from detr_jax.matching import match
 from detr_jax.models import build_model
 from detr_jax.optim import build_optimizer
@@ -82,7 +82,7 @@ def forward_step(state, batch, rng, *, model, config, mesh, norm_trainable):
     # fuses it there (saving every residual held ~5.6 GiB per image on R50)
     apply = jax.checkpoint(apply, policy=jax.checkpoint_policies.dots_saveable)
     out, pullback, upd = jax.vjp(apply, state.params, has_aux=True)
-    cost = matching_costs(out, _targets(batch), config.matcher)
+    cost = matching_costs(out, _targets(batch), config.matcher, class_head_of(config))
     cost = jax.lax.with_sharding_constraint(cost, NamedSharding(mesh, P(None, 'data')))
     return out, pullback, upd, cost
 
@@ -165,7 +165,8 @@ def ema_update(ema, params, step, decay):
     return jax.tree_util.tree_map(lambda e, p: e + (1.0 - d) * (p - e), ema, params)
 
 
-def eval_step(variables, batch, *, model, panoptic_threshold=0.85, detections_kind='best_class'):
+def eval_step(variables, batch, *, model, panoptic_threshold=0.85, detections_kind='best_class',
+              class_head='softmax'):
     """Detections (`postprocess.detections` of `detections_kind`: scores,
     labels [B, Q], boxes [B, Q, 4] xyxy in pixels of `orig_size`) of one
     eval batch; for a
@@ -176,7 +177,7 @@ def eval_step(variables, batch, *, model, panoptic_threshold=0.85, detections_ki
     for images that lose a small segment)."""
     mask = batch['pixel_mask']
     out = model.apply(variables, normalize(batch['images'], mask), mask, train=False)
-    dets = detections(out, batch['orig_size'], detections_kind)
+    dets = detections(out, batch['orig_size'], detections_kind, class_head)
     if 'pred_masks' in out:
         parts = panoptic_on_device(out, batch['size'], panoptic_threshold)
         dets.update({f'pan_{k}': v for k, v in parts.items()}, pred_masks=out['pred_masks'])
@@ -240,7 +241,8 @@ def build_trainer(config, mesh, steps_per_epoch, total_steps=None):
                    eval_step=jax.jit(functools.partial(
                        eval_step, model=model,
                        panoptic_threshold=config.train.get('panoptic_threshold', 0.85),
-                       detections_kind=config.model.get('detections', 'best_class'))),
+                       detections_kind=config.model.get('detections', 'best_class'),
+                       class_head=config.model.get('class_head', 'softmax'))),
                    abstract_state=jax.tree_util.tree_map(
                        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                        abstract, shardings),

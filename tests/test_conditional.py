@@ -13,74 +13,94 @@ from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetectio
 from detr_jax import convert
 from detr_jax.models import build_model, default_model_config
 from detr_jax.models.transformer import point_sine_embed
+from detr_jax.postprocess import detections
 from tests.test_hf_parity import _inputs, _randomize, _tiny_resnet
 
-# HF decoder names -> ours (under `transformer.`, as `convert.torch_key` spells them)
-_DECODER = [
-    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.([qk])_(content|pos)_proj\.', r'decoder.layers.\1.sa_\2\3.'),
-    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.v_proj\.', r'decoder.layers.\1.sa_v.'),
-    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.o_proj\.', r'decoder.layers.\1.sa_out.'),
-    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.([qk])_(content|pos)_proj\.', r'decoder.layers.\1.ca_\2\3.'),
-    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.q_pos_sine_proj\.', r'decoder.layers.\1.ca_qpos_sine.'),
-    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.v_proj\.', r'decoder.layers.\1.ca_v.'),
-    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.o_proj\.', r'decoder.layers.\1.ca_out.'),
-    (r'^model\.decoder\.layers\.(\d+)\.self_attn_layer_norm\.', r'decoder.layers.\1.norm1.'),
-    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.', r'decoder.layers.\1.norm2.'),
-    (r'^model\.decoder\.layers\.(\d+)\.final_layer_norm\.', r'decoder.layers.\1.norm3.'),
-    (r'^model\.decoder\.layers\.(\d+)\.mlp\.fc(\d)\.', r'decoder.layers.\1.linear\2.'),
-    (r'^model\.decoder\.layernorm\.', 'decoder.norm.'),
-    (r'^model\.decoder\.(query_scale|ref_point_head)\.', r'\1.'),
-]
-
-
-def _ours_from_hf(hf_sd, num_classes, **model_overrides):
-    """Our variables from a HF Conditional DETR state dict: the decoder renamed
-    here, everything else through `convert.hf_to_original`."""
-    rest, sd = {}, {}
-    for k, v in hf_sd.items():
-        v = v.numpy()
-        if k.startswith('model.decoder.'):
-            new = k
-            for pat, rep in _DECODER:
-                if re.match(pat, k):
-                    new = re.sub(pat, rep, k)
-                    break
-            assert new != k, k
-            sd['transformer.' + new] = v
-        else:
-            rest[k] = v
-    sd.update(convert.hf_to_original(rest))
-    cfg = default_model_config()
-    cfg.update(dict(backbone='resnet_tiny', hidden_dim=64, nheads=8, enc_layers=1, dec_layers=3,
-                    dim_feedforward=32, dropout=0.0, num_queries=7, num_classes=num_classes,
-                    conditional=True, train_stages=()), **model_overrides)
-    model = build_model(cfg)
-    template = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
-                              jnp.ones((1, 64, 64), bool))
-    return model, convert.variables_from_state_dict(sd, template, 'hf conditional')
-
-
-def test_conditional_decoder_matches_transformers():
-    # num_labels=6: HF's sigmoid classifier has 6 outputs, ours num_classes + 1
-    hf_cfg = ConditionalDetrConfig(
+def _hf_conditional(seed=7, num_labels=6, auxiliary_loss=False):
+    # with auxiliary_loss, HF feeds each decoder layer the normed output of
+    # the previous one; the original (and we) do not
+    return _randomize(ConditionalDetrForObjectDetection(ConditionalDetrConfig(
         use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=_tiny_resnet(),
         d_model=64,
         encoder_layers=1, decoder_layers=3, encoder_attention_heads=8, decoder_attention_heads=8,
-        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=7, num_labels=6,
-        # with auxiliary_loss, HF feeds each decoder layer the normed output of
-        # the previous one; the original (and we) do not
-        auxiliary_loss=False)
-    hf = _randomize(ConditionalDetrForObjectDetection(hf_cfg), seed=7)
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=7, num_labels=num_labels,
+        auxiliary_loss=auxiliary_loss)), seed=seed)
+
+
+# transformers 5.x's names -> the hub's historical layout (what
+# microsoft/conditional-detr-resnet-50 holds; transformers' own
+# conversion_mapping renames these on load): the decoder's first, then all
+_HUB_NAMES = [
+    (r'\.self_attn\.([qk])_(content|pos)_proj\.', r'.sa_\1\2_proj.'),
+    (r'\.self_attn\.v_proj\.', '.sa_v_proj.'),
+    (r'\.encoder_attn\.([qk])_(content|pos)_proj\.', r'.ca_\1\2_proj.'),
+    (r'\.encoder_attn\.q_pos_sine_proj\.', '.ca_qpos_sine_proj.'),
+    (r'\.encoder_attn\.v_proj\.', '.ca_v_proj.'),
+    (r'\.o_proj\.', '.out_proj.'),
+    (r'\.mlp\.fc', '.fc'),
+    (r'^model\.backbone\.model\.', 'model.backbone.conv_encoder.model.'),
+]
+
+
+@pytest.mark.parametrize('layout', ['transformers5', 'hub'])
+def test_hf_conditional_detr_converts_with_parity(tmp_path, layout):
+    hf = _hf_conditional()
     x, pm = _inputs()
     with torch.no_grad():
         ref = hf(pixel_values=x, pixel_mask=pm)
-    model, variables = _ours_from_hf(hf.state_dict(), num_classes=5)
+    if layout == 'transformers5':
+        hf.save_pretrained(tmp_path)
+    else:
+        sd = {}
+        for k, v in hf.state_dict().items():
+            for pat, rep in _HUB_NAMES[:5] if k.startswith('model.decoder.') else []:
+                k = re.sub(pat, rep, k)
+            for pat, rep in _HUB_NAMES[5:]:
+                k = re.sub(pat, rep, k)
+            sd[k] = v
+        assert any('sa_qcontent_proj' in k for k in sd) and any('out_proj' in k for k in sd)
+        hf.config.save_pretrained(tmp_path)
+        torch.save(sd, tmp_path / 'pytorch_model.bin')
+    cfg, variables = convert.load_checkpoint(tmp_path)
+    assert cfg.conditional and cfg.class_head == 'sigmoid' and cfg.detections == 'top_pairs'
+    assert cfg.num_classes == 6 and cfg.num_queries == 7 and cfg.dec_layers == 3
+    model = build_model(cfg)
     out = model.apply(variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)),
                       jnp.asarray(pm.numpy().astype(bool)))
     np.testing.assert_allclose(out['pred_boxes'], ref.pred_boxes.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(out['pred_logits'], ref.logits.numpy(), atol=1e-4, rtol=0)
     # the reference points spread the boxes: not all near the image centre
     assert np.ptp(np.asarray(out['pred_boxes'])[..., :2]) > 0.1
+    # the detections as Conditional DETR reads them: sigmoid scores of the
+    # best query x class pairs
+    dets = detections(out, jnp.asarray([[96, 128], [64, 96]]), cfg.detections, cfg.class_head)
+    prob = 1 / (1 + np.exp(-ref.logits.numpy()))
+    best = -np.sort(-prob.reshape(2, -1), axis=1)[:, :7]
+    np.testing.assert_allclose(dets['scores'], best, atol=1e-5)
+
+
+def test_a_converted_conditional_detr_fine_tunes(tmp_path):
+    """The sigmoid head trains with Conditional DETR's focal loss and focal
+    matching cost: the loss falls on a fixed batch, through the trainer."""
+    from tests.test_train import _batches, _config, _setup
+    hf = _hf_conditional(num_labels=6)
+    hf.save_pretrained(tmp_path / 'hf')
+    cfg, variables = convert.load_checkpoint(tmp_path / 'hf')
+    c = _config(str(tmp_path / 'synthetic'))
+    c.model.update({k: v for k, v in cfg.items() if k != 'label_map'})
+    c.model.dropout = 0.0
+    c.data.max_boxes = 7
+    (batch,) = _batches(c, 1)
+    state, run, trainer = _setup(c, jax.devices()[:2])
+    # the converted weights are what the trainer's state holds, tree for tree
+    state = state.replace(
+        params=jax.device_put(variables['params'], trainer.state_shardings.params),
+        batch_stats=jax.device_put(variables['batch_stats'], trainer.state_shardings.batch_stats))
+    losses = []
+    for _ in range(30):
+        state, m = run(state, batch)
+        losses.append(float(m['loss']))
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0], losses
 
 
 def test_point_sine_embed_is_the_feature_maps_sine_encoding():
@@ -168,13 +188,33 @@ def test_conditional_with_remat_gives_the_same_values_and_gradients():
     assert np.abs(a[1]['transformer']['ref_point_head']['layers_0']['kernel']).max() > 0
 
 
-def test_converting_a_conditional_detr_checkpoint_is_a_clear_error(tmp_path):
-    hf = ConditionalDetrForObjectDetection(ConditionalDetrConfig(
-        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=_tiny_resnet(),
-        d_model=32,
-        encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=5, num_labels=3))
-    hf.save_pretrained(tmp_path)
-    with pytest.raises(convert.CheckpointError,
-                       match='model.safetensors: a Conditional DETR checkpoint'):
-        convert.load_checkpoint(tmp_path)
+def test_sigmoid_head_loss_equals_transformers():
+    """The 'sigmoid' class head's set loss (focal matching cost and focal
+    loss, Conditional DETR's) on transformers' own outputs equals the loss
+    transformers computes for them."""
+    from detr_jax.config_defaults import base_config
+    from detr_jax.losses import set_criterion
+    hf = _hf_conditional()
+    hf.train()
+    for m in hf.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    x, pm = _inputs()
+    boxes = [[[.5, .5, .3, .2], [.3, .6, .2, .4]], [[.4, .4, .5, .5]]]
+    labels = [[1, 4], [0]]
+    with torch.no_grad():
+        ref = hf(pixel_values=x, pixel_mask=pm,
+                 labels=[{'class_labels': torch.tensor(c), 'boxes': torch.tensor(b)}
+                         for c, b in zip(labels, boxes)])
+    out = {'pred_logits': jnp.asarray(ref.logits.numpy()),
+           'pred_boxes': jnp.asarray(ref.pred_boxes.numpy())}
+    c = base_config()
+    c.model.class_head = 'sigmoid'
+    c.matcher.cost_class = hf.config.class_cost
+    targets = {'labels': jnp.array([[1, 4], [0, 0]]),
+               'boxes': jnp.array([boxes[0], boxes[1] + [[0, 0, 0, 0]]]),
+               'valid': jnp.array([[1, 1], [1, 0]], bool)}
+    _, metrics = set_criterion(out, targets, c)
+    for k in ('loss_ce', 'loss_bbox', 'loss_giou', 'cardinality_error'):
+        np.testing.assert_allclose(float(metrics[k]), float(ref.loss_dict[k]), rtol=1e-5,
+                                   err_msg=k)

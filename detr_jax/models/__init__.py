@@ -58,6 +58,12 @@ def default_model_config():
         # 'top_pairs' (the best query x class pairs, Deformable/Conditional
         # DETR's); evaluation and inference both use it
         detections='best_class',
+        # the classifier: 'softmax' (the original's: num_classes + 1 logits,
+        # the last "no object"; cross-entropy) or 'sigmoid' (Conditional
+        # DETR's: num_classes logits, each a sigmoid; focal loss and focal
+        # matching cost, no "no object" class). Converted Conditional DETR
+        # checkpoints have 'sigmoid'.
+        class_head='softmax',
     ))
 
 
@@ -91,6 +97,10 @@ def validate_model_config(cfg):
     if cfg.masks and (cfg.num_groups > 1 or cfg.dn_groups > 0):
         bad('masks', 'the training boosters (num_groups > 1, dn_groups > 0) are for '
             'detection training; train the panoptic mask head without them')
+    if cfg.class_head not in ('softmax', 'sigmoid'):
+        bad('class_head', "must be 'softmax' or 'sigmoid'")
+    if cfg.masks and cfg.class_head != 'softmax':
+        bad('class_head', "the panoptic post-processing needs the 'softmax' head")
     if cfg.detections not in ('best_class', 'top_pairs'):
         bad('detections', "must be 'best_class' or 'top_pairs'")
     if cfg.dtype not in _DTYPES:
@@ -155,5 +165,6 @@ def build_model(cfg, freeze_detr=False):
         norm=cfg.norm, position_embedding=cfg.position_embedding, aux_loss=cfg.aux_loss,
         remat=cfg.remat, train_stages=tuple(cfg.train_stages), conditional=cfg.conditional,
         dtype=_DTYPES[cfg.dtype], num_groups=int(cfg.num_groups), dn_groups=int(cfg.dn_groups),
-        dn_box_noise=float(cfg.dn_box_noise), dn_label_noise=float(cfg.dn_label_noise))
+        dn_box_noise=float(cfg.dn_box_noise), dn_label_noise=float(cfg.dn_label_noise),
+        class_head=cfg.class_head)
     return DETRPanoptic(detr=detr, freeze_detr=freeze_detr) if cfg.masks else detr

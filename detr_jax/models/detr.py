@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from detr_jax.models.backbone import build_resnet
 from detr_jax.models.boosters import TrainingQueries, boosted, split_outputs
@@ -37,7 +38,8 @@ class DETR(nn.Module):
 
     `__call__(images, pixel_mask, train)`: `images` [B, H, W, 3] normalized
     float (padding 0), `pixel_mask` [B, H, W] True on real pixels. Returns
-    `pred_logits` [B, Q, C+1] (last = no object), `pred_boxes` [B, Q, 4]
+    `pred_logits` [B, Q, C+1] (last = no object; [B, Q, C] with the
+    'sigmoid' `class_head`, Conditional DETR's), `pred_boxes` [B, Q, 4]
     (cx, cy, w, h in [0, 1] of the unpadded image) and, with `aux_loss`,
     `aux_outputs`: one such dict per earlier decoder layer. Outputs are
     float32 whatever the compute `dtype`.
@@ -73,6 +75,7 @@ class DETR(nn.Module):
     dn_groups: int = 0
     dn_box_noise: float = 0.4
     dn_label_noise: float = 0.2
+    class_head: str = 'softmax'
 
     def setup(self):
         self.body = build_resnet(self.backbone, dilation=self.dilation,
@@ -89,7 +92,12 @@ class DETR(nn.Module):
             self.hidden_dim, self.nheads, self.enc_layers, self.dec_layers,
             self.dim_feedforward, self.dropout, self.pre_norm, self.remat, self.conditional,
             self.dtype)
-        self.class_embed = TorchDense(self.num_classes + 1, dtype=self.dtype)
+        if self.class_head == 'sigmoid':
+            # Conditional DETR's focal-loss prior: every class starts at p = 0.01
+            self.class_embed = TorchDense(self.num_classes, dtype=self.dtype,
+                                          bias_init=nn.initializers.constant(-np.log(99.0)))
+        else:
+            self.class_embed = TorchDense(self.num_classes + 1, dtype=self.dtype)
         self.bbox_embed = MLP(self.hidden_dim, 4, 3, dtype=self.dtype)
         if boosted(self.num_groups, self.dn_groups):
             self.training_queries = TrainingQueries(
