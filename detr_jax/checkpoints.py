@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
+from detr_jax.models.boosters import TRAINING_ONLY, strip_training_only
 from detr_jax.paths import as_path, read_json
 
 CONFIG_FILE = 'detr_jax_config.json'
@@ -146,7 +147,9 @@ def init_from_pretrained(state, path, reinit_class_head=False):
     `detr`, as the original's DETRsegm) with a fresh mask head; a panoptic
     one starts a detection model from its detector. With
     `reinit_class_head`, a class head of another class count keeps the
-    state's fresh one (logged)."""
+    state's fresh one (logged). The training-only boosters' parameters
+    (`models.boosters`) start fresh when the checkpoint has none, and are
+    dropped when the state has none."""
     if is_workdir(path):
         _, variables, step = load_workdir(path)
         logging.info('weights from step %d of %s', step, path)
@@ -163,6 +166,12 @@ def init_from_pretrained(state, path, reinit_class_head=False):
         logging.info('%s: a detector without a mask head; the mask head starts fresh', path)
     elif 'detr' in params and 'detr' not in ours:  # panoptic -> detection: its detector
         params, stats = params['detr'], stats.get('detr', {})
+    if TRAINING_ONLY in ours and TRAINING_ONLY not in params:
+        params[TRAINING_ONLY] = ours[TRAINING_ONLY]
+        logging.info('%s: no training-only queries (Group DETR / denoising); they start fresh',
+                     path)
+    elif TRAINING_ONLY in params and TRAINING_ONLY not in ours:
+        params = strip_training_only(params)
     head = ('detr', 'class_embed') if 'detr' in ours else ('class_embed',)
 
     def get(tree, keys):

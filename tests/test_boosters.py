@@ -210,3 +210,38 @@ def test_a_boosted_workdir_predicts_as_a_plain_model(tmp_path, cache_dir):
     b = plain.apply(variables, x, pm)
     np.testing.assert_array_equal(a['pred_logits'], b['pred_logits'])
     np.testing.assert_array_equal(a['pred_boxes'], b['pred_boxes'])
+
+
+def test_an_official_checkpoint_fine_tunes_with_the_boosters(legacy_checkpoint, tmp_path):
+    """The original's detection checkpoint starts a boosted model: every
+    parameter of the file is loaded, the training-only queries start fresh,
+    and a boosted checkpoint starts a plain model (they are dropped)."""
+    from detr_jax import checkpoints
+    from detr_jax.config_defaults import validate_config
+    from detr_jax.convert import load_checkpoint
+    from detr_jax.sharding import make_mesh
+    from detr_jax.trainer import build_trainer
+    from tests.test_panoptic_training import _flat
+    model_cfg, official = load_checkpoint(str(legacy_checkpoint))
+    c = _boosted_config(str(tmp_path / 'synthetic'))
+    c.model.update({k: v for k, v in model_cfg.items() if k != 'label_map'})
+    c.model.update(BOOSTED)
+    c.data.buckets = c.data.eval_buckets = ((64, 64),)
+    c.data.max_boxes = 8
+    validate_config(c)
+    state = build_trainer(c, make_mesh(), steps_per_epoch=6).init_state(jax.random.PRNGKey(0))
+    loaded = checkpoints.init_from_pretrained(state, str(legacy_checkpoint))
+    ours, theirs = _flat(loaded.params), _flat(official['params'])
+    assert ours.keys() - theirs.keys() == {k for k in ours if k[0] == 'training_queries'}
+    for k in theirs:
+        np.testing.assert_array_equal(ours[k], theirs[k].astype(ours[k].dtype), err_msg=str(k))
+    fresh = _flat(state.params)
+    for k in ours.keys() - theirs.keys():
+        np.testing.assert_array_equal(ours[k], fresh[k])
+    # and back: the boosted weights into a plain model's state
+    checkpoints.save_converted(tmp_path / 'boosted', c.model,
+                               {'params': loaded.params, 'batch_stats': loaded.batch_stats})
+    c.model.update(num_groups=1, dn_groups=0)
+    plain = build_trainer(c, make_mesh(), steps_per_epoch=6).init_state(jax.random.PRNGKey(0))
+    again = checkpoints.init_from_pretrained(plain, str(tmp_path / 'boosted'))
+    assert _flat(again.params).keys() == theirs.keys()
