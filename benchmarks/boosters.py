@@ -6,8 +6,9 @@
 
 Each variant trains `configs/demo.py` from a fresh workdir under DIR in a
 process of its own (`python -m detr_jax.main`), one after the other on an
-otherwise idle machine, with the same seeds; its minutes are wall time from
-the process's start to each evaluation's metrics file (data generation and
+otherwise idle machine, with the same seeds, as on a fresh machine (its own
+synthetic set and compilation cache); its minutes are wall time from the
+process's start to each evaluation's metrics file (data generation and
 compilation included). The lr drops at ~90% of the variant's steps, which
 are sized so that its run ends near the 15-minute budget
 (`--steps name=N`). Writes DIR/boosters.json, prints a markdown table and
@@ -43,13 +44,16 @@ def run_variant(name, steps, out, eval_every):
     workdir = os.path.join(out, name)
     overrides = dict(VARIANTS[name])
     overrides.update({'train.max_steps': steps, 'train.eval_every': eval_every,
-                      'optim.lr_drop_epochs': max(1, round(0.9 * steps / STEPS_PER_EPOCH))})
+                      'optim.lr_drop_epochs': max(1, round(0.9 * steps / STEPS_PER_EPOCH)),
+                      # as on a fresh machine: the synthetic set made, the steps compiled
+                      'data.cache_dir': os.path.join(workdir, 'synthetic')})
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(workdir, 'jit_cache'))
     cmd = [sys.executable, '-m', 'detr_jax.main', '--config=configs/demo.py',
            f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()]
     print('$', ' '.join(cmd), flush=True)
     start = time.time()
     with open(os.path.join(out, f'{name}.log'), 'w') as log:
-        subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True, env=env)
     points = []
     eval_dir = os.path.join(workdir, 'eval')
     for f in sorted(os.listdir(eval_dir)):

@@ -198,27 +198,32 @@ _HF_RULES = [
 ]
 # Conditional DETR's decoder (HF, the hub's layout and transformers 5.x's) ->
 # our conditional decoder's names (`models.transformer.ConditionalDecoderLayer`)
-_HF_CONDITIONAL_RULES = [
-    (r'^model\.decoder\.layers\.(\d+)\.(sa|ca)_(qcontent|qpos|kcontent|kpos|v|qpos_sine)_proj\.',
-     r'transformer.decoder.layers.\1.\2_\3.'),
-    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.([qk])_(content|pos)_proj\.',
-     r'transformer.decoder.layers.\1.sa_\2\3.'),
-    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.([qk])_(content|pos)_proj\.',
-     r'transformer.decoder.layers.\1.ca_\2\3.'),
-    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.q_pos_sine_proj\.',
-     r'transformer.decoder.layers.\1.ca_qpos_sine.'),
-    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.v_proj\.', r'transformer.decoder.layers.\1.sa_v.'),
-    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.v_proj\.', r'transformer.decoder.layers.\1.ca_v.'),
-    (r'^model\.decoder\.layers\.(\d+)\.self_attn\.(?:o|out)_proj\.',
-     r'transformer.decoder.layers.\1.sa_out.'),
-    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn\.(?:o|out)_proj\.',
-     r'transformer.decoder.layers.\1.ca_out.'),
-    (r'^model\.decoder\.layers\.(\d+)\.self_attn_layer_norm\.', r'transformer.decoder.layers.\1.norm1.'),
-    (r'^model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.', r'transformer.decoder.layers.\1.norm2.'),
-    (r'^model\.decoder\.layers\.(\d+)\.final_layer_norm\.', r'transformer.decoder.layers.\1.norm3.'),
-    (r'^model\.decoder\.layers\.(\d+)\.(?:mlp\.)?fc([12])\.', r'transformer.decoder.layers.\1.linear\2.'),
-    (r'^model\.decoder\.(query_scale|ref_point_head)\.', r'transformer.\1.'),
+_HF_CONDITIONAL_LAYER = [  # the part after `model.decoder.layers.N.` -> ours
+    (r'(sa|ca)_(qcontent|qpos|kcontent|kpos|v|qpos_sine)_proj', r'\1_\2'),  # the hub's
+    (r'self_attn\.([qk])_(content|pos)_proj', r'sa_\1\2'),
+    (r'encoder_attn\.([qk])_(content|pos)_proj', r'ca_\1\2'),
+    (r'encoder_attn\.q_pos_sine_proj', 'ca_qpos_sine'),
+    (r'self_attn\.v_proj', 'sa_v'), (r'encoder_attn\.v_proj', 'ca_v'),
+    (r'self_attn\.(?:o|out)_proj', 'sa_out'), (r'encoder_attn\.(?:o|out)_proj', 'ca_out'),
+    (r'self_attn_layer_norm', 'norm1'), (r'encoder_attn_layer_norm', 'norm2'),
+    (r'final_layer_norm', 'norm3'), (r'(?:mlp\.)?fc([12])', r'linear\1'),
 ]
+
+
+def _conditional_decoder_key(key):
+    """A HF Conditional DETR decoder key -> our conditional decoder's
+    (`torch_key` names under `transformer.`)."""
+    m = re.match(r'^model\.decoder\.layers\.(\d+)\.(.+)\.(weight|bias)$', key)
+    if m:
+        for pat, rep in _HF_CONDITIONAL_LAYER:
+            if re.fullmatch(pat, m[2]):
+                return f'transformer.decoder.layers.{m[1]}.{re.sub(pat, rep, m[2])}.{m[3]}'
+    m = re.match(r'^model\.decoder\.(query_scale|ref_point_head|layernorm)\.(.+)$', key)
+    if m:
+        return f'transformer.{"decoder.norm" if m[1] == "layernorm" else m[1]}.{m[2]}'
+    raise CheckpointError(f'{key}: not a Conditional DETR decoder tensor we know')
+
+
 # a key only Conditional DETR has
 _CONDITIONAL_KEY = re.compile(r'(ref_point_head|q_content_proj|qcontent_proj)')
 
@@ -243,17 +248,7 @@ def hf_to_original(hf_sd):
         if key.startswith('detr.'):
             prefix, key = 'detr.', key[len('detr.'):]
         if conditional and key.startswith('model.decoder.'):
-            new = key
-            for pat, rep in _HF_CONDITIONAL_RULES:
-                if re.match(pat, key):
-                    new = re.sub(pat, rep, key)
-                    break
-            else:
-                if key.startswith('model.decoder.layernorm.'):
-                    new = 'transformer.decoder.norm.' + key[len('model.decoder.layernorm.'):]
-                else:
-                    raise CheckpointError(f'{key}: not a Conditional DETR decoder tensor we know')
-            out[new] = val
+            out[_conditional_decoder_key(key)] = val
             continue
         new = key
         for pat, rep in _HF_RULES:

@@ -42,6 +42,7 @@ import numpy as np
 from detr_jax.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 from detr_jax.inference import load
 from detr_jax.models import build_model, validate_image_size
+from detr_jax.models.boosters import strip_training_only
 from detr_jax.paths import as_path, write_json
 from detr_jax.postprocess import detections
 
@@ -163,7 +164,9 @@ def export(checkpoint, out_dir, formats=FORMATS, buckets=None, input_kind='uint8
     buckets = [tuple(int(v) for v in b) for b in (buckets or data.eval_buckets)]
     for b in buckets:
         validate_image_size(model_cfg, *b, where=f'bucket {b[0]}x{b[1]}')
-    variables = jax.tree_util.tree_map(jnp.asarray, variables)
+    # the training-only queries (models/boosters.py) have no part in inference
+    variables = jax.tree_util.tree_map(jnp.asarray, dict(
+        variables, params=strip_training_only(variables['params'])))
     model = build_model(model_cfg)
     fn, names = model_function(model, model_cfg, input_kind, postprocess)
     out = as_path(out_dir)
