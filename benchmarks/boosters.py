@@ -32,6 +32,7 @@ VARIANTS = {
     'detr+dn': {**_DETR, **_DN},
     'detr+group': {**_DETR, **_GROUP},
     'detr+dn+group': {**_DETR, **_DN, **_GROUP},
+    'detr+group11': {**_DETR, 'model.num_groups': 11},  # the paper's group count
     'cond': {},
     'cond+dn': _DN,
     'cond+group': _GROUP,
