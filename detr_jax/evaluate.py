@@ -28,6 +28,14 @@ from detr_jax.sharding import local_rows, make_mesh, to_global, to_host
 AP_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')
 
 
+def coco_result(image_id, category_id, box_xyxy, score):
+    """One COCO results json entry: `bbox` is [x, y, w, h] in pixels."""
+    b = box_xyxy
+    return {'image_id': int(image_id), 'category_id': int(category_id),
+            'bbox': [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+            'score': float(score)}
+
+
 def results_from_detections(dets, image_ids, label_map):
     """COCO results (dataset category ids, xywh boxes); fillers (id -1) dropped."""
     res = []
@@ -37,9 +45,7 @@ def results_from_detections(dets, image_ids, label_map):
         for s, l, b in zip(dets['scores'][i], dets['labels'][i], dets['boxes'][i]):
             if int(l) not in label_map:
                 continue  # a class index the dataset does not have
-            res.append({'image_id': int(img_id), 'category_id': int(label_map[int(l)]['id']),
-                        'bbox': [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
-                        'score': float(s)})
+            res.append(coco_result(img_id, label_map[int(l)]['id'], b, s))
     return res
 
 

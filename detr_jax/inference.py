@@ -40,6 +40,7 @@ from detr_jax.config_defaults import base_config
 from detr_jax.data.images import eval_pixels, read_image
 from detr_jax.data.normalize import normalize
 from detr_jax.data.transforms import choose_bucket, get_size_with_aspect_ratio
+from detr_jax.evaluate import coco_result
 from detr_jax.models import build_model, feature_stride, full_model_config
 from detr_jax.postprocess import (detections, is_thing_per_class, masks_at_size,
                                   panoptic_on_device, panoptic_segments, segmentation_masks,
@@ -97,9 +98,7 @@ def coco_results(result, image_id):
     """One image's result -> COCO results json entries ({'image_id',
     'category_id' (the label map's id), 'bbox' [x, y, w, h] pixels,
     'score'}), for `evaluate.coco_ap` or any COCO tool."""
-    return [{'image_id': int(image_id), 'category_id': int(c),
-             'bbox': [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
-             'score': float(s)}
+    return [coco_result(image_id, c, b, s)
             for b, c, s in zip(result['boxes'], result['category_ids'], result['scores'])]
 
 

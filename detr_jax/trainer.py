@@ -167,10 +167,10 @@ def ema_update(ema, params, step, decay):
 
 def eval_step(variables, batch, *, model, panoptic_threshold=0.85, detections_kind='best_class',
               class_head='softmax'):
-    """Detections (`postprocess.detections` of `detections_kind`: scores,
-    labels [B, Q], boxes [B, Q, 4] xyxy in pixels of `orig_size`) of one
-    eval batch; for a
-    panoptic model also the device part of the panoptic post-processing
+    """Detections (`postprocess.detections` of `detections_kind` for the
+    model's `class_head`: scores, labels [B, Q], boxes [B, Q, 4] xyxy in
+    pixels of `orig_size`) of one eval batch; for a panoptic model also the
+    device part of the panoptic post-processing
     (`postprocess.panoptic_on_device` at `panoptic_threshold`, over the
     unpadded `size` [B, 2]: `keep`, `labels`... as `pan_keep`,
     `pan_labels`, `pan_winners`) and `pred_masks` (what the host part reads

@@ -108,7 +108,8 @@ class TrainingQueries(nn.Module):
         keys = jnp.concatenate(key_real, 1)
         n = gid.shape[0]
         # every query sees itself, so no row is empty (a padded slot's dummy)
-        self_mask = ((gid[:, None] == gid[None, :])[None] & keys[:, None, :]) | jnp.eye(n, dtype=bool)
+        same_group = (gid[:, None] == gid[None, :])[None]
+        self_mask = (same_group & keys[:, None, :]) | jnp.eye(n, dtype=bool)
         cast = lambda x: x.astype(self.dtype)  # noqa: E731
         return {'tgt': cast(jnp.concatenate(tgt, 1)), 'query_pos': cast(jnp.concatenate(pos, 1)),
                 'dn_reference': dn_reference, 'self_mask': self_mask}
