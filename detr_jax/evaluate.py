@@ -18,6 +18,7 @@ from detr_jax import checkpoints, console
 from detr_jax.config_defaults import validate_config
 from detr_jax.data.datasets import build_source
 from detr_jax.data.pipeline import EVAL_STEP_KEYS, eval_batches, split_batch
+from detr_jax.models import full_model_config
 from detr_jax.panoptic_format import write_ids
 from detr_jax.paths import as_path, metric_writer, read_json, write_json, write_png
 from detr_jax.postprocess import is_thing_per_class, panoptic_segments
@@ -231,7 +232,7 @@ def run_eval(trainer, state, source, workdir, step, writer):
     PNG's path)."""
     from detr_jax import draw
     config = trainer.config
-    kind = config.model.get('detections', 'best_class')  # postprocess.detections'
+    kind = full_model_config(config.model).detections  # postprocess.detections'
     t = time.time()
     out_dir = as_path(workdir) / 'eval'
     writes = jax.process_index() == 0  # every host has every result; one writes

@@ -41,7 +41,7 @@ import numpy as np
 
 from detr_jax.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 from detr_jax.inference import load
-from detr_jax.models import build_model, validate_image_size
+from detr_jax.models import build_model, full_model_config, validate_image_size
 from detr_jax.models.boosters import strip_training_only
 from detr_jax.paths import as_path, write_json
 from detr_jax.postprocess import detections
@@ -52,15 +52,16 @@ PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 
 def model_function(model, model_config, input_kind='uint8', postprocess=False):
     """(fn(variables, *inputs) -> dict of outputs, input names)."""
-    masks = bool(model_config.get('masks'))
+    model_config = full_model_config(model_config)
+    masks = bool(model_config.masks)
 
     def fn(variables, images, pixel_mask, orig_sizes=None):
         x = normalize(images, pixel_mask) if input_kind == 'uint8' else images
         out = model.apply(variables, x, pixel_mask)
         res = {'pred_logits': out['pred_logits'], 'pred_boxes': out['pred_boxes']}
         if postprocess:
-            res = dict(detections(out, orig_sizes, model_config.get('detections', 'best_class'),
-                                  model_config.get('class_head', 'softmax')))
+            res = dict(detections(out, orig_sizes, model_config.detections,
+                                  model_config.class_head))
             res['labels'] = res['labels'].astype(jnp.int32)
         if masks:
             res['pred_masks'] = out['pred_masks']

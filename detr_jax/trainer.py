@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from detr_jax.data.normalize import normalize
 from detr_jax.losses import class_head_of, matching_costs, set_criterion
 from detr_jax.matching import match
-from detr_jax.models import build_model
+from detr_jax.models import build_model, full_model_config
 from detr_jax.optim import build_optimizer
 from detr_jax.postprocess import detections, panoptic_on_device
 from detr_jax.sharding import replicated
@@ -241,8 +241,8 @@ def build_trainer(config, mesh, steps_per_epoch, total_steps=None):
                    eval_step=jax.jit(functools.partial(
                        eval_step, model=model,
                        panoptic_threshold=config.train.get('panoptic_threshold', 0.85),
-                       detections_kind=config.model.get('detections', 'best_class'),
-                       class_head=config.model.get('class_head', 'softmax'))),
+                       detections_kind=full_model_config(config.model).detections,
+                       class_head=full_model_config(config.model).class_head)),
                    abstract_state=jax.tree_util.tree_map(
                        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                        abstract, shardings),
