@@ -17,6 +17,7 @@ draws AP against minutes (DIR/boosters.png).
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +46,9 @@ STEPS_PER_EPOCH = 249  # the demo's 2000 images in batches of 8 (bucketed)
 
 def run_variant(name, steps, out, eval_every):
     workdir = os.path.join(out, name)
+    if os.path.exists(workdir):  # a fresh run: an earlier one's checkpoints would be resumed
+        print(f'removing the earlier run {workdir}', flush=True)
+        shutil.rmtree(workdir)
     overrides = dict(VARIANTS[name])
     overrides.update({'train.max_steps': steps, 'train.eval_every': eval_every,
                       'optim.lr_drop_epochs': max(1, round(0.9 * steps / STEPS_PER_EPOCH)),
