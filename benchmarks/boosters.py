@@ -100,14 +100,19 @@ BOOSTER_COLOURS = {'': (31, 119, 180), 'dn': (255, 127, 14), 'group': (44, 160, 
                    'group+lr5e-4': (140, 86, 75)}
 
 
+def decoder_and_boosters(name):
+    """'detr+dn+group' -> ('detr', 'dn+group'); 'cond' -> ('cond', '')."""
+    decoder, _, boosters = name.partition('+')
+    return decoder, boosters
+
+
 def booster_colour(name):
     """'detr+dn' -> the colour of 'dn'; grey for a booster not listed."""
-    boosters = name.split('+', 1)[1] if '+' in name else ''
-    return BOOSTER_COLOURS.get(boosters, (127, 127, 127))
+    return BOOSTER_COLOURS.get(decoder_and_boosters(name)[1], (127, 127, 127))
 
 
 def _legend_order(name):
-    return (name.split('+', 1)[0] != 'detr', name)
+    return (decoder_and_boosters(name)[0] != 'detr', name)
 
 
 def plot(results, path, budget=15.0, size=(760, 440)):
@@ -135,7 +140,7 @@ def plot(results, path, budget=15.0, size=(760, 440)):
     d.text((left, h - 16), 'minutes (2 CPU cores, data and compilation included)', fill='black')
     d.text((4, 4), 'AP', fill='black')
     for i, name in enumerate(sorted(results, key=_legend_order)):
-        c, decoder = booster_colour(name), name.split('+', 1)[0]
+        c, decoder = booster_colour(name), decoder_and_boosters(name)[0]
         pts = [(x(p['minutes']), y(100 * p['AP'])) for p in results[name]['points']]
         if len(pts) > 1:
             d.line(pts, fill=c, width=3 if decoder == 'detr' else 1)

@@ -242,7 +242,7 @@ def build_trainer(config, mesh, steps_per_epoch, total_steps=None):
                        eval_step, model=model,
                        panoptic_threshold=config.train.get('panoptic_threshold', 0.85),
                        detections_kind=full_model_config(config.model).detections,
-                       class_head=full_model_config(config.model).class_head)),
+                       class_head=class_head_of(config))),
                    abstract_state=jax.tree_util.tree_map(
                        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                        abstract, shardings),
