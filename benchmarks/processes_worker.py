@@ -1,7 +1,9 @@
 """One process of `benchmarks/run.py --only processes`: the demo config's
 train step on a fixed batch, timed; prints one JSON line.
 
-  python benchmarks/processes_worker.py DATA_DIR STEPS SOLVER [COORDINATOR NUM_PROCESSES PROCESS_ID]
+  python benchmarks/processes_worker.py DATA_DIR STEPS SOLVER REDUCTION [COORDINATOR NUM_PROCESSES PROCESS_ID]
+
+REDUCTION: config.train.gradient_all_reduce ('auto', 'per_parameter', 'one_array').
 """
 import json
 import os
@@ -13,7 +15,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
 
-def main(data_dir, steps, solver, coordinator=None, num_processes=1, process_id=0):
+def main(data_dir, steps, solver, reduction, coordinator=None, num_processes=1, process_id=0):
     import jax
     if coordinator:
         jax.distributed.initialize(coordinator_address=coordinator,
@@ -27,6 +29,7 @@ def main(data_dir, steps, solver, coordinator=None, num_processes=1, process_id=
     c = demo.get_config()
     c.data.num_train, c.data.cache_dir = 64, data_dir
     c.matcher.solver = solver
+    c.train.gradient_all_reduce = reduction
     pipeline = InputPipeline(build_source(c.data, 'train'), c.data, jax.process_index(),
                              jax.process_count())
     rows = split_batch(next(iter(pipeline)), TRAIN_STEP_KEYS)[0]
@@ -75,6 +78,7 @@ def main(data_dir, steps, solver, coordinator=None, num_processes=1, process_id=
                       'reduce_arrays_ms': reduce_tree_s * 1e3,
                       'reduce_arrays_collectives': {k: v[0] for k, v in tree_collectives.items()},
                       'devices': jax.device_count(),
+                      'gradient_all_reduce': trainer.gradient_all_reduce,
                       'collectives': {k: v[0] for k, v in plan.collectives(hlo).items()},
                       'host_transfers': len(plan.host_transfers(hlo))}), flush=True)
 

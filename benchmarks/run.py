@@ -65,8 +65,10 @@ def bench_plan(rows, topology='v5e:2x2', per_chip=4):
 def bench_processes(rows, steps=40):
     """The demo config's train step (fixed batch of 8) as one process with
     one device against two jax.distributed processes with one device each
-    (gloo over 127.0.0.1), in steps/s; and the gradient all-reduce alone:
-    the model's floats as its 173 arrays against the same floats as one."""
+    (gloo over 127.0.0.1), in steps/s, with the gradients summed as one
+    array (what 'auto' chooses there) and per parameter; and the gradient
+    all-reduce alone: the model's floats as its 173 arrays against the same
+    floats as one."""
     import json
     import socket
     import tempfile
@@ -75,22 +77,28 @@ def bench_processes(rows, steps=40):
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
                JAX_PLATFORMS='cpu')
 
-    def run(nproc):
+    def run(nproc, reduction='auto'):
         with socket.socket() as sock:
             sock.bind(('127.0.0.1', 0))
             port = sock.getsockname()[1]
         extra = lambda i: [f'127.0.0.1:{port}', str(nproc), str(i)] if nproc > 1 else []  # noqa
-        procs = [subprocess.Popen([sys.executable, worker, data, str(steps), 'scipy', *extra(i)],
+        procs = [subprocess.Popen([sys.executable, worker, data, str(steps), 'scipy', reduction,
+                                   *extra(i)],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                   text=True) for i in range(nproc)]
         outs = [p.communicate()[0] for p in procs]
         return json.loads(outs[0].strip().splitlines()[-1])
     one = run(1)  # also writes the synthetic set both read
     two = run(2)
+    per_parameter = run(2, 'per_parameter')
     rows.append(('demo train step (steps/s), 2 processes x 1 device vs 1 process',
                  two['steps_per_s'], one['steps_per_s'],
-                 f'higher is better; collectives in the 2-process step: {two["collectives"]}, '
-                 f'host transfers {two["host_transfers"]}'))
+                 f'higher is better; gradients: {two["gradient_all_reduce"]} (1 process: '
+                 f'{one["gradient_all_reduce"]}); collectives in the 2-process step: '
+                 f'{two["collectives"]}, host transfers {two["host_transfers"]}'))
+    rows.append(('the same, 2 processes: gradients per parameter vs as one array (steps/s)',
+                 per_parameter['steps_per_s'], two['steps_per_s'],
+                 'per_parameter: XLA\'s combined all-reduce, which XLA:CPU runs operand by operand'))
     rows.append((f'gradient all-reduce over 2 processes (ms): {two["arrays"]} arrays vs the '
                  'same floats as one array', two['reduce_arrays_ms'], two['reduce_ms'],
                  f'{two["params"]} floats; one variadic all-reduce in the HLO, run operand by '

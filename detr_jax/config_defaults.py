@@ -85,6 +85,13 @@ def base_config():
         panoptic_threshold=0.85,
         # TensorBoard's event files: '' = the workdir (a bucket works too)
         tensorboard_dir='',
+        # how the gradients are summed over the devices
+        # (`trainer.gradient_all_reduce`): 'per_parameter' (XLA's own, an
+        # all-reduce the compiler combines), 'one_array' (each device's
+        # backward pass apart, its gradients raveled into one array: what
+        # the CPU collectives need between processes) or 'auto' (one_array
+        # on CPU devices of several processes, else per_parameter)
+        gradient_all_reduce='auto',
     ))
     c.seed = 0
     return c
@@ -107,6 +114,8 @@ _VALUE_CHECKS = (
     ('train.keep_checkpoints', lambda v: v >= 1, '>= 1'),
     ('train.ema_decay', lambda v: 0 <= v < 1, 'in [0, 1) (0: no EMA)'),
     ('train.eval_every', lambda v: v >= -1, '>= -1 (-1: at the end, 0: never)'),
+    ('train.gradient_all_reduce', lambda v: v in ('auto', 'per_parameter', 'one_array'),
+     "'auto', 'per_parameter' or 'one_array'"),
 )
 
 

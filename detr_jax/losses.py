@@ -173,11 +173,11 @@ def _denoising_terms(dn_outputs, targets, num_boxes, class_head='softmax'):
     box, summed over real targets and divided by `num_boxes` x the number
     of denoising groups (the 'sigmoid' head: the focal loss of the
     query's logits against the true class instead of the cross-entropy)."""
-    logits, boxes = dn_outputs['pred_logits'], dn_outputs['pred_boxes']
+    logits, boxes = dn_outputs['pred_logits'], dn_outputs['pred_boxes']  # [B, L, K*M, ...]
     k = logits.shape[2] // targets['valid'].shape[1]
-    valid = jnp.tile(targets['valid'], (1, k))
-    labels = jnp.tile(targets['labels'], (1, k))
-    tgt = jnp.tile(targets['boxes'], (1, k, 1))
+    valid = jnp.tile(targets['valid'], (1, k))[:, None]
+    labels = jnp.tile(targets['labels'], (1, k))[:, None]
+    tgt = jnp.tile(targets['boxes'], (1, k, 1))[:, None]
     labels = jnp.broadcast_to(labels, logits.shape[:3])
     if class_head == 'sigmoid':
         onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
@@ -188,7 +188,7 @@ def _denoising_terms(dn_outputs, targets, num_boxes, class_head='softmax'):
     l1 = jnp.abs(boxes - tgt).sum(-1)
     giou = elementwise_giou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(tgt))
     n = num_boxes * k
-    total = lambda x: jnp.where(valid, x, 0.0).sum((1, 2)) / n  # noqa: E731
+    total = lambda x: jnp.where(valid, x, 0.0).sum((0, 2)) / n  # noqa: E731
     return {'loss_dn_ce': total(nll), 'loss_dn_bbox': total(l1), 'loss_dn_giou': total(1.0 - giou)}
 
 

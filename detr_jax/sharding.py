@@ -9,10 +9,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+BATCH_AXIS = 'data'  # the mesh's one axis, which batches are split over
+
 
 def make_mesh(devices=None):
     """A 'data' mesh over `devices` (default: every global device)."""
-    return Mesh(np.array(jax.devices() if devices is None else devices), ('data',))
+    return Mesh(np.array(jax.devices() if devices is None else devices), (BATCH_AXIS,))
 
 
 def replicated(mesh):
@@ -21,7 +23,7 @@ def replicated(mesh):
 
 def data_sharded(mesh):
     """Split on the leading (batch) axis over 'data'."""
-    return NamedSharding(mesh, P('data'))
+    return NamedSharding(mesh, P(BATCH_AXIS))
 
 
 def to_global(batch, mesh):
@@ -37,7 +39,7 @@ def local_rows(x, mesh):
     if jax.process_count() == 1:
         return x
     from jax.experimental import multihost_utils
-    return multihost_utils.global_array_to_host_local_array(x, mesh, P('data'))
+    return multihost_utils.global_array_to_host_local_array(x, mesh, P(BATCH_AXIS))
 
 
 def to_host(x):

@@ -183,6 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     total_steps = (config.train.max_steps if config.train.max_steps > 0
                    else config.train.epochs * steps_per_epoch)
     trainer = build_trainer(config, mesh, steps_per_epoch, total_steps)
+    logging.info('gradients summed over the devices: %s', trainer.gradient_all_reduce)
     init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     state = trainer.init_state(init_rng)
     mngr = checkpoints.manager(workdir, config)

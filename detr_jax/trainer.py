@@ -27,15 +27,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from detr_jax.data.normalize import normalize
 from detr_jax.losses import class_head_of, matching_costs, set_criterion
 from detr_jax.matching import match
 from detr_jax.models import build_model, full_model_config
-from detr_jax.optim import build_optimizer
+from detr_jax.optim import build_optimizer, param_labels
 from detr_jax.postprocess import detections, panoptic_on_device
-from detr_jax.sharding import replicated
+from detr_jax.sharding import BATCH_AXIS, replicated
+
 
 
 @flax.struct.dataclass
@@ -54,48 +56,107 @@ class TrainState:
         return {'params': self.ema_params or self.params, 'batch_stats': self.batch_stats}
 
 
-def forward_step(state, batch, rng, *, model, config, mesh, norm_trainable):
+def gradient_all_reduce(config, mesh):
+    """'per_parameter' or 'one_array' (`config.train.gradient_all_reduce`;
+    'auto': 'one_array' when the mesh's devices are CPUs of several
+    processes). XLA sums a replicated parameter's gradient where the
+    backward pass makes it and combines those all-reduces into one of many
+    operands: one operation over a TPU's interconnect, but XLA:CPU's
+    collectives send the operands one by one, a network round trip each
+    (173 arrays: 20x the time of the same floats as one, benchmarks/README.md).
+    'one_array' runs each device's forward and backward pass apart
+    (`jax.shard_map`) and sums the raveled gradients in one all-reduce; on a
+    TPU it costs more memory and bytes than the compiler's (same README)."""
+    kind = config.train.get('gradient_all_reduce', 'auto')
+    if kind != 'auto':
+        return kind
+    devices = list(mesh.devices.flat)
+    several = len({d.process_index for d in devices}) > 1
+    return 'one_array' if several and all(d.platform == 'cpu' for d in devices) else 'per_parameter'
+
+
+def forward_step(state, batch, rng, *, model, config, mesh, norm_trainable, per_device):
     """The train step's first program: the model's outputs, their `pullback`
     to the parameters (`jax.vjp`: its residuals are the activations the
     backward pass needs), the updated batch statistics ({} unless
     `norm_trainable`: `model.norm == 'bn'`) and the matching costs [L, B, Q,
-    M] (`losses.matching_costs`), split on 'data' over the batch axis."""
+    M] (`losses.matching_costs`), split on 'data' over the batch axis.
+
+    `per_device` ('one_array' gradients, `gradient_all_reduce`): each device
+    runs the model on its own rows (`jax.shard_map`; what the model does for
+    that, `models.device_rows`: dropout and denoising noise drawn per
+    example, batch norm's statistics summed over the devices, as without),
+    so that its pullback is per device (the residuals carry a leading device
+    axis) for `update_step`'s one all-reduce (`_reduce_grads`)."""
     rng = jax.random.fold_in(rng, state.step)
-    mask = batch['pixel_mask']
-    images = normalize(batch['images'], mask)
+    dn = bool(config.model.get('dn_groups', 0))
+    rngs = {'dropout': rng, 'noise': jax.random.fold_in(rng, 1)} if dn else {'dropout': rng}
 
-    rngs, kw = {'dropout': rng}, {}
-    if config.model.get('dn_groups', 0):  # denoising queries: noised targets
-        rngs['noise'] = jax.random.fold_in(rng, 1)
-        kw['targets'] = _targets(batch)
+    def forward(params, batch_stats, rows, rngs):
+        mask = rows['pixel_mask']
+        images = normalize(rows['images'], mask)
+        kw = {'targets': _targets(rows)} if dn else {}  # denoising queries: noised targets
 
-    def apply(params):
-        variables = {'params': params, 'batch_stats': state.batch_stats}
-        if norm_trainable:
-            return model.apply(variables, images, mask, train=True, rngs=rngs,
-                               mutable=['batch_stats'], **kw)
-        return model.apply(variables, images, mask, train=True, rngs=rngs, **kw), {}
+        def apply(params):
+            variables = {'params': params, 'batch_stats': batch_stats}
+            if norm_trainable:
+                return model.apply(variables, images, mask, train=True, rngs=rngs,
+                                   mutable=['batch_stats'], **kw)
+            return model.apply(variables, images, mask, train=True, rngs=rngs, **kw), {}
 
-    # what passes to `update` is only what a fused step would keep: the
-    # outputs of matmuls and convolutions; the elementwise rest (casts,
-    # masks, normalizations) is recomputed in the backward pass, as XLA
-    # fuses it there (saving every residual held ~5.6 GiB per image on R50)
-    apply = jax.checkpoint(apply, policy=jax.checkpoint_policies.dots_saveable)
-    out, pullback, upd = jax.vjp(apply, state.params, has_aux=True)
+        # what passes to `update` is only what a fused step would keep: the
+        # outputs of matmuls and convolutions; the elementwise rest (casts,
+        # masks, normalizations) is recomputed in the backward pass, as XLA
+        # fuses it there (saving every residual held ~5.6 GiB per image on R50)
+        apply = jax.checkpoint(apply, policy=jax.checkpoint_policies.dots_saveable)
+        return jax.vjp(apply, params, has_aux=True)
+
+    rows = dict(_targets(batch), images=batch['images'], pixel_mask=batch['pixel_mask'])
+    if per_device:
+        def on_device(*args):
+            out, pullback, upd = forward(*args)
+            return out, jax.tree_util.tree_map(lambda r: r[None], pullback), upd
+        out, pullback, upd = jax.shard_map(
+            on_device, mesh=mesh, in_specs=(P(), P(), P(BATCH_AXIS), P()),
+            out_specs=(P(BATCH_AXIS), P(BATCH_AXIS), P()), check_vma=False)(
+                state.params, state.batch_stats, rows, rngs)
+    else:
+        out, pullback, upd = forward(state.params, state.batch_stats, rows, rngs)
     cost = matching_costs(out, _targets(batch), config.matcher, class_head_of(config))
-    cost = jax.lax.with_sharding_constraint(cost, NamedSharding(mesh, P(None, 'data')))
+    cost = jax.lax.with_sharding_constraint(cost, NamedSharding(mesh, P(None, BATCH_AXIS)))
     return out, pullback, upd, cost
 
 
-def update_step(state, batch, out, pullback, upd, idx, *, config, tx, norm_trainable):
+def _reduce_grads(pullback, out_grads, trainable, mesh):
+    """'one_array' gradients (`gradient_all_reduce`) of the trainable
+    parameters (`trainable`: a bool per parameter; the frozen ones' are
+    zeros, not computed): each device's `pullback` (`forward_step`) of its
+    rows' `out_grads`, summed over the devices as one raveled array."""
+    def on_device(pullback, out_grads):
+        (grads,) = jax.tree_util.tree_map(lambda r: r[0], pullback)(out_grads)
+        leaves, tree = jax.tree_util.tree_flatten(grads)
+        flat, unravel = ravel_pytree([g for g, t in zip(leaves, trainable) if t])
+        summed = iter(unravel(jax.lax.psum(flat, BATCH_AXIS)))
+        return tree.unflatten([next(summed) if t else jnp.zeros_like(g)
+                               for g, t in zip(leaves, trainable)])
+    return jax.shard_map(on_device, mesh=mesh, in_specs=(P(BATCH_AXIS), P(BATCH_AXIS)),
+                         out_specs=P(), check_vma=False)(pullback, out_grads)
+
+
+def update_step(state, batch, out, pullback, upd, idx, *, config, tx, norm_trainable, mesh,
+                trainable=None):
     """The train step's last program: the set loss of `out` under the
-    assignment `idx` [L, B, M], its gradient through `pullback`, the
-    optimizer and EMA updates -> (state, metrics)."""
+    assignment `idx` [L, B, M], its gradient through `pullback` (with
+    `trainable`, a bool per parameter: `forward_step`'s per-device pullback,
+    `_reduce_grads`), the optimizer and EMA updates -> (state, metrics)."""
     def loss_fn(outputs):
         return set_criterion(outputs, _targets(batch), config, idx=idx)
 
     (loss, metrics), out_grads = jax.value_and_grad(loss_fn, has_aux=True)(out)
-    (grads,) = pullback(out_grads)
+    if trainable is None:
+        (grads,) = pullback(out_grads)
+    else:
+        grads = _reduce_grads(pullback, out_grads, trainable, mesh)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     batch_stats = upd.get('batch_stats', state.batch_stats) if norm_trainable else state.batch_stats
@@ -201,6 +262,8 @@ class Trainer:
     # the state's shapes, dtypes and shardings (what checkpoints restore into)
     abstract_state: TrainState
     _init: Callable
+    # 'per_parameter' | 'one_array' (`gradient_all_reduce`)
+    gradient_all_reduce: str = 'per_parameter'
 
     def init_state(self, rng):
         """A fresh state (random init from `rng`), created already replicated
@@ -229,12 +292,17 @@ def build_trainer(config, mesh, steps_per_epoch, total_steps=None):
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
     shardings = jax.tree_util.tree_map(lambda _: replicated(mesh), abstract)
     norm_trainable = config.model.norm == 'bn'
+    reduction = gradient_all_reduce(config, mesh)
+    per_device = reduction == 'one_array'
+    trainable = tuple(label != 'frozen' for label in jax.tree_util.tree_leaves(param_labels(
+        abstract.params, config.model, config.optim.lr_backbone, freeze_detr)))
     step = TrainStep(
         forward=jax.jit(functools.partial(forward_step, model=model, config=config, mesh=mesh,
-                                          norm_trainable=norm_trainable)),
+                                          norm_trainable=norm_trainable, per_device=per_device)),
         match=jax.jit(functools.partial(match, solver=config.matcher.solver, mesh=mesh)),
         update=jax.jit(functools.partial(update_step, config=config, tx=tx,
-                                         norm_trainable=norm_trainable),
+                                         norm_trainable=norm_trainable, mesh=mesh,
+                                         trainable=trainable if per_device else None),
                        donate_argnums=(0,), out_shardings=(shardings, replicated(mesh))))
     return Trainer(config=config, mesh=mesh, model=model, tx=tx, lr_schedules=schedules,
                    state_shardings=shardings, train_step=step,
@@ -246,4 +314,4 @@ def build_trainer(config, mesh, steps_per_epoch, total_steps=None):
                    abstract_state=jax.tree_util.tree_map(
                        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                        abstract, shardings),
-                   _init=init)
+                   _init=init, gradient_all_reduce=reduction)

@@ -86,8 +86,9 @@ def test_no_information_flows_between_query_groups(conditional):
     def group_sum(out, which):
         if which == 'dn':  # the real targets' denoising queries only
             d = out['dn_outputs']
-            return (jnp.where(valid_dn[..., None], d['pred_logits'], 0).sum()
-                    + jnp.where(valid_dn[..., None], d['pred_boxes'], 0).sum())
+            real = valid_dn[:, None, :, None]  # [B, 1 (layers), K*M, 1]
+            return (jnp.where(real, d['pred_logits'], 0).sum()
+                    + jnp.where(real, d['pred_boxes'], 0).sum())
         o = out if which == 0 else out['group_outputs'][which - 1]
         return sum(lay['pred_logits'].sum() + lay['pred_boxes'].sum()
                    for lay in o['aux_outputs'] + [o])
@@ -138,7 +139,7 @@ def test_loss_terms_per_group_and_denoising():
     np.testing.assert_allclose(float(metrics['loss_ce']), float(plain_metrics['loss_ce']))
     # the denoising terms by hand: the final layer's boxes against the
     # targets, L1 summed over real targets / (3 targets x 2 groups)
-    d = np.asarray(out['dn_outputs']['pred_boxes'][-1]).reshape(2, 2, 3, 4)
+    d = np.asarray(out['dn_outputs']['pred_boxes'][:, -1]).reshape(2, 2, 3, 4)
     valid = np.asarray(TARGETS['valid'])
     l1 = np.abs(d - np.asarray(TARGETS['boxes'])[:, None]).sum(-1)
     np.testing.assert_allclose(float(metrics['loss_dn_bbox']),

@@ -119,6 +119,9 @@ def test_two_process_training_equals_one_process(tmp_path):
         assert p.returncode == 0, err[-3000:]
         errs.append(err)
     assert 'process 1 of 2, 1 local / 2 global devices' in errs[1]
+    # CPU devices of two processes: the gradients go as one array
+    assert 'gradients summed over the devices: one_array' in errs[1]
+    assert 'gradients summed over the devices: per_parameter' in one.stderr
     for key in ('train/loss', 'train/loss_giou', 'eval/AP50', 'eval/AP'):
         want = _logged(one.stderr, key)
         assert want, key

@@ -66,11 +66,17 @@ def test_overfit_fixed_batch(cache_dir):
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
 
 
-def test_one_vs_four_devices(cache_dir):
+@pytest.mark.parametrize('reduction', ['per_parameter', 'one_array'])
+def test_one_vs_four_devices(cache_dir, reduction):
+    """One device against four, which sum their gradients either way
+    (`trainer.gradient_all_reduce`): 'one_array' runs each device's rows
+    apart, with dropout drawn per example, so the masks are still those of
+    the one-device run."""
     c = _config(cache_dir)
     batches = _batches(c, 3)
     results = []
     for devices in (jax.devices()[:1], jax.devices()[:4]):
+        c.train.gradient_all_reduce = reduction if len(devices) > 1 else 'per_parameter'
         state, run, _ = _setup(c, devices)
         for b in batches:
             state, m = run(state, b)
@@ -78,6 +84,39 @@ def test_one_vs_four_devices(cache_dir):
     assert abs(results[0][0] - results[1][0]) <= 1e-5 * abs(results[0][0])
     for a, b in zip(jax.tree_util.tree_leaves(results[0][1]), jax.tree_util.tree_leaves(results[1][1])):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_trainable_batch_norm_takes_the_whole_batchs_statistics(cache_dir):
+    """With 'one_array' gradients the train step runs the model on each
+    device's rows (`shard_map`); trainable batch norm must still see the
+    whole global batch: its running
+    statistics after a step equal those of the plain model applied to the
+    whole batch at once, and the parameters (the gradient through the
+    statistics) are the same on 1 and on 4 devices."""
+    from detr_jax.data.normalize import normalize
+    c = _config(cache_dir, gradient_all_reduce='one_array')
+    c.model.norm = 'bn'
+    (batch,) = _batches(c, 1)
+    rows = split_batch(batch, TRAIN_STEP_KEYS)[0]
+    model = build_model(c.model)
+    params = []
+    for devices in (jax.devices()[:1], jax.devices()[:4]):
+        state, run, _ = _setup(c, devices)
+        variables = jax.device_get(state.eval_variables())
+        _, upd = model.apply(variables, normalize(rows['images'], rows['pixel_mask']),
+                             rows['pixel_mask'], train=True, mutable=['batch_stats'],
+                             rngs={'dropout': jax.random.PRNGKey(3)})
+        state, metrics = run(state, batch)
+        stats = jax.device_get(state.batch_stats)
+        for a, b in zip(jax.tree_util.tree_leaves(upd['batch_stats']),
+                        jax.tree_util.tree_leaves(stats)):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+        moved = jax.tree_util.tree_leaves(variables['batch_stats'])
+        assert not all(np.allclose(x, y) for x, y in zip(moved, jax.tree_util.tree_leaves(stats)))
+        params.append((float(metrics['grad_norm']), jax.device_get(state.params)))
+    np.testing.assert_allclose(params[0][0], params[1][0], rtol=1e-5)
+    for a, b in zip(*(jax.tree_util.tree_leaves(p) for _, p in params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_frozen_parameters_and_backbone_lr(cache_dir):

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from detr_jax.models.device_rows import batch_rows
 from detr_jax.models.transformer import XavierMLP, point_sine_embed
 
 TRAINING_ONLY = 'training_queries'
@@ -39,13 +40,18 @@ def noised_targets(rng, labels, boxes, num_classes, box_noise, label_noise):
     """DN-DETR's noise: each label replaced by a uniformly drawn class with
     probability `label_noise`; each box (cx, cy, w, h, normalized) moved by
     up to `box_noise` x (w/2, h/2) in its centre and scaled by up to
-    1 +- `box_noise` in its size, clipped to [0, 1]."""
+    1 +- `box_noise` in its size, clipped to [0, 1]. `labels` [B, N],
+    `boxes` [B, N, 4]; a batch split over devices draws this device's rows
+    of the whole batch's noise (`device_rows.batch_rows`)."""
     k_flip, k_cls, k_box = jax.random.split(rng, 3)
-    flip = jax.random.uniform(k_flip, labels.shape) < label_noise
-    labels = jnp.where(flip, jax.random.randint(k_cls, labels.shape, 0, num_classes), labels)
+    b, n = labels.shape
+    rows = lambda draw: batch_rows(draw, b)  # noqa: E731
+    flip = rows(lambda r: jax.random.uniform(k_flip, (r, n))) < label_noise
+    labels = jnp.where(flip, rows(lambda r: jax.random.randint(k_cls, (r, n), 0, num_classes)),
+                       labels)
     wh = boxes[..., 2:]
     diff = jnp.concatenate([wh / 2, wh], -1)
-    shift = jax.random.uniform(k_box, boxes.shape, minval=-1.0, maxval=1.0)
+    shift = rows(lambda r: jax.random.uniform(k_box, (r, n, 4), minval=-1.0, maxval=1.0))
     return labels, jnp.clip(boxes + shift * diff * box_noise, 0.0, 1.0)
 
 
@@ -120,9 +126,9 @@ def split_outputs(out, num_queries, num_groups, dn_groups):
     C+1], `pred_boxes` [B, Qt, 4], `aux_outputs` likewise) -> group 0 under
     the usual keys, `group_outputs` (a list: one such dict per group 1..G-1,
     aux included) and, with denoising, `dn_outputs`: `pred_logits`
-    [L, B, K*M, C+1] and `pred_boxes` [L, B, K*M, 4] over the decoder's L
-    layers (the last is the final one); denoising query k*M + m
-    reconstructs target slot m."""
+    [B, L, K*M, C+1] and `pred_boxes` [B, L, K*M, 4] over the decoder's L
+    layers (the last is the final one; batch-first like every output);
+    denoising query k*M + m reconstructs target slot m."""
     q, g = num_queries, num_groups
     layers = list(out.get('aux_outputs', [])) + [{k: out[k] for k in ('pred_logits',
                                                                       'pred_boxes')}]
@@ -138,6 +144,6 @@ def split_outputs(out, num_queries, num_groups, dn_groups):
     if g > 1:
         res['group_outputs'] = [group(i) for i in range(1, g)]
     if dn_groups:
-        res['dn_outputs'] = {k: jnp.stack([lay[k][:, g * q:] for lay in layers])
+        res['dn_outputs'] = {k: jnp.stack([lay[k][:, g * q:] for lay in layers], axis=1)
                              for k in ('pred_logits', 'pred_boxes')}
     return res

@@ -12,6 +12,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from detr_jax.models.device_rows import batch_rows, batch_total
+
+
+class Dropout(nn.Module):
+    """`nn.Dropout` (zeros with probability `rate`, the rest scaled by
+    1 / (1 - rate); the same key, bits and values) whose mask, when the
+    batch (axis 0) is split over devices, is this device's rows of the
+    whole batch's (`device_rows.batch_rows`). Draws from the 'dropout'
+    rng."""
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, deterministic):
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        key = self.make_rng('dropout')
+        mask = batch_rows(lambda rows: jax.random.bernoulli(key, keep, (rows,) + x.shape[1:]),
+                          x.shape[0])
+        return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+
 
 def torch_default_kernel():
     """`nn.Linear`/`nn.Conv2d` weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
@@ -154,9 +175,11 @@ class _MaskedBatchNormCore(nn.Module):
         ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
         if train:
-            n = jnp.maximum(m.sum(), 1.0)
-            mean = (x * m).sum((0, 1, 2)) / n
-            var = (((x - mean) * m) ** 2).sum((0, 1, 2)) / n
+            # the whole batch's statistics, also when its rows are split over
+            # devices (`device_rows`)
+            n = jnp.maximum(batch_total(m.sum()), 1.0)
+            mean = batch_total((x * m).sum((0, 1, 2))) / n
+            var = batch_total((((x - mean) * m) ** 2).sum((0, 1, 2))) / n
             if not self.is_initializing():
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

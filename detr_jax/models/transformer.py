@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from detr_jax.models.layers import torch_default_bias
+from detr_jax.models.layers import Dropout, torch_default_bias
 
 _xavier = nn.initializers.xavier_uniform()
 
@@ -31,7 +31,7 @@ def _attend(q, k, v, key_valid, scale, dropout, train, dtype):
         # last partial batch) then gives uniform weights, not NaN.
         logits = jnp.where(allowed, logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
-    dropped = nn.Dropout(dropout)(weights, deterministic=not train)
+    dropped = Dropout(dropout)(weights, deterministic=not train)
     out = jnp.einsum('bhqk,bkhc->bqhc', dropped, v)
     return out.reshape(out.shape[:2] + (-1,)), weights
 
@@ -78,7 +78,7 @@ class _FFN(nn.Module):
         x = nn.Dense(self.dim_feedforward, kernel_init=_xavier,
                      bias_init=torch_default_bias(self.d_model), dtype=self.dtype,
                      name='linear1')(x)
-        x = nn.Dropout(self.dropout)(nn.relu(x), deterministic=not train)
+        x = Dropout(self.dropout)(nn.relu(x), deterministic=not train)
         return nn.Dense(self.d_model, kernel_init=_xavier,
                         bias_init=torch_default_bias(self.dim_feedforward),
                         dtype=self.dtype, name='linear2')(x)
@@ -98,7 +98,7 @@ class EncoderLayer(nn.Module):
                                   name='self_attn')
         ffn = _FFN(self.d_model, self.dim_feedforward, self.dropout, self.dtype, name='ffn')
         norm1, norm2 = _layer_norm('norm1', self.dtype), _layer_norm('norm2', self.dtype)
-        drop = lambda x: nn.Dropout(self.dropout)(x, deterministic=not train)  # noqa: E731
+        drop = lambda x: Dropout(self.dropout)(x, deterministic=not train)  # noqa: E731
         if self.pre_norm:
             x = norm1(src)
             src = src + drop(attn(x + pos, x + pos, x, key_valid, train))
@@ -124,7 +124,7 @@ class DecoderLayer(nn.Module):
         self_attn, cross_attn = mk('self_attn'), mk('multihead_attn')
         ffn = _FFN(self.d_model, self.dim_feedforward, self.dropout, self.dtype, name='ffn')
         norms = [_layer_norm(f'norm{i}', self.dtype) for i in (1, 2, 3)]
-        drop = lambda x: nn.Dropout(self.dropout)(x, deterministic=not train)  # noqa: E731
+        drop = lambda x: Dropout(self.dropout)(x, deterministic=not train)  # noqa: E731
         mem_k = memory + pos
         if self.pre_norm:
             x = norms[0](tgt)
@@ -177,7 +177,7 @@ class ConditionalDecoderLayer(nn.Module):
         hd = d // h
         dense = lambda name: nn.Dense(  # noqa: E731
             d, kernel_init=_xavier, bias_init=torch_default_bias(d), dtype=self.dtype, name=name)
-        drop = lambda x: nn.Dropout(self.dropout)(x, deterministic=not train)  # noqa: E731
+        drop = lambda x: Dropout(self.dropout)(x, deterministic=not train)  # noqa: E731
         split = lambda x: x.reshape(x.shape[:2] + (h, hd))  # noqa: E731
         norms = [_layer_norm(f'norm{i}', self.dtype) for i in (1, 2, 3)]
         q = dense('sa_qcontent')(tgt) + dense('sa_qpos')(query_pos)
