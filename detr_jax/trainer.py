@@ -39,7 +39,6 @@ from detr_jax.postprocess import detections, panoptic_on_device
 from detr_jax.sharding import BATCH_AXIS, replicated
 
 
-
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
@@ -63,7 +62,7 @@ def gradient_all_reduce(config, mesh):
     backward pass makes it and combines those all-reduces into one of many
     operands: one operation over a TPU's interconnect, but XLA:CPU's
     collectives send the operands one by one, a network round trip each
-    (173 arrays: 20x the time of the same floats as one, benchmarks/README.md).
+    (173 arrays: 14-20x the time of the same floats as one, benchmarks/README.md).
     'one_array' runs each device's forward and backward pass apart
     (`jax.shard_map`) and sums the raveled gradients in one all-reduce; on a
     TPU it costs more memory and bytes than the compiler's (same README)."""
@@ -84,10 +83,11 @@ def forward_step(state, batch, rng, *, model, config, mesh, norm_trainable, per_
 
     `per_device` ('one_array' gradients, `gradient_all_reduce`): each device
     runs the model on its own rows (`jax.shard_map`; what the model does for
-    that, `models.device_rows`: dropout and denoising noise drawn per
-    example, batch norm's statistics summed over the devices, as without),
-    so that its pullback is per device (the residuals carry a leading device
-    axis) for `update_step`'s one all-reduce (`_reduce_grads`)."""
+    that, `models.device_rows`: dropout masks and denoising noise cut from
+    the whole batch's, batch norm's statistics summed over the devices: the
+    values of the unsplit step), so that its pullback is per device (the
+    residuals carry a leading device axis) for `update_step`'s one
+    all-reduce (`_reduce_grads`)."""
     rng = jax.random.fold_in(rng, state.step)
     dn = bool(config.model.get('dn_groups', 0))
     rngs = {'dropout': rng, 'noise': jax.random.fold_in(rng, 1)} if dn else {'dropout': rng}
@@ -144,19 +144,20 @@ def _reduce_grads(pullback, out_grads, trainable, mesh):
 
 
 def update_step(state, batch, out, pullback, upd, idx, *, config, tx, norm_trainable, mesh,
-                trainable=None):
+                per_device, trainable):
     """The train step's last program: the set loss of `out` under the
     assignment `idx` [L, B, M], its gradient through `pullback` (with
-    `trainable`, a bool per parameter: `forward_step`'s per-device pullback,
-    `_reduce_grads`), the optimizer and EMA updates -> (state, metrics)."""
+    `per_device`, `forward_step`'s per-device pullback: `_reduce_grads` of
+    the `trainable` parameters, a bool each), the optimizer and EMA updates
+    -> (state, metrics)."""
     def loss_fn(outputs):
         return set_criterion(outputs, _targets(batch), config, idx=idx)
 
     (loss, metrics), out_grads = jax.value_and_grad(loss_fn, has_aux=True)(out)
-    if trainable is None:
-        (grads,) = pullback(out_grads)
-    else:
+    if per_device:
         grads = _reduce_grads(pullback, out_grads, trainable, mesh)
+    else:
+        (grads,) = pullback(out_grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     batch_stats = upd.get('batch_stats', state.batch_stats) if norm_trainable else state.batch_stats
@@ -302,7 +303,7 @@ def build_trainer(config, mesh, steps_per_epoch, total_steps=None):
         match=jax.jit(functools.partial(match, solver=config.matcher.solver, mesh=mesh)),
         update=jax.jit(functools.partial(update_step, config=config, tx=tx,
                                          norm_trainable=norm_trainable, mesh=mesh,
-                                         trainable=trainable if per_device else None),
+                                         per_device=per_device, trainable=trainable),
                        donate_argnums=(0,), out_shardings=(shardings, replicated(mesh))))
     return Trainer(config=config, mesh=mesh, model=model, tx=tx, lr_schedules=schedules,
                    state_shardings=shardings, train_step=step,
