@@ -36,6 +36,7 @@ VARIANTS = {
     'detr+group11': {**_DETR, 'model.num_groups': 11},  # the paper's group count
     # the groups leave the "mean box" plateau sooner: the conditional decoder's lr
     'detr+group+lr5e-4': {**_DETR, **_GROUP, 'optim.lr': 5e-4, 'optim.lr_backbone': 5e-4},
+    'detr+group+lr7e-4': {**_DETR, **_GROUP, 'optim.lr': 7e-4, 'optim.lr_backbone': 7e-4},
     'cond': {},
     'cond+dn': _DN,
     'cond+group': _GROUP,
@@ -97,7 +98,7 @@ def table(results, budget=15.0):
 # a booster's colour, the same on both decoders
 BOOSTER_COLOURS = {'': (31, 119, 180), 'dn': (255, 127, 14), 'group': (44, 160, 44),
                    'dn+group': (214, 39, 40), 'group11': (148, 103, 189),
-                   'group+lr5e-4': (140, 86, 75)}
+                   'group+lr5e-4': (140, 86, 75), 'group+lr7e-4': (227, 119, 194)}
 
 
 def decoder_and_boosters(name):
