@@ -23,6 +23,7 @@ import scipy.optimize
 from jax.sharding import PartitionSpec as P
 
 from detr_jax.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from detr_jax.sharding import BATCH_AXIS
 
 
 def matching_cost(logits, boxes, tgt_labels, tgt_boxes, valid, matcher_cfg, class_head='softmax'):
@@ -78,7 +79,7 @@ def _optax_match_one(cost_qm):
     return jnp.zeros((cost_qm.shape[1],), jnp.int32).at[tgt].set(qry.astype(jnp.int32))
 
 
-def match(cost, valid, solver='scipy', mesh=None, axis='data'):
+def match(cost, valid, solver='scipy', mesh=None, axis=BATCH_AXIS):
     """cost [L, B, Q, M], valid [B, M] -> query index per target [L, B, M].
 
     With `mesh`, the batch axis is split over `axis` and each shard is solved
