@@ -166,13 +166,17 @@ def init_from_pretrained(state, path, reinit_class_head=False):
         logging.info('%s: a detector without a mask head; the mask head starts fresh', path)
     elif 'detr' in params and 'detr' not in ours:  # panoptic -> detection: its detector
         params, stats = params['detr'], stats.get('detr', {})
-    if TRAINING_ONLY in ours and TRAINING_ONLY not in params:
-        params[TRAINING_ONLY] = ours[TRAINING_ONLY]
+    # the detector's parameters: nested under `detr` in a panoptic model
+    nested = 'detr' in ours
+    theirs_det, ours_det = (params['detr'], ours['detr']) if nested else (params, ours)
+    if TRAINING_ONLY in ours_det and TRAINING_ONLY not in theirs_det:
+        theirs_det = dict(theirs_det, **{TRAINING_ONLY: ours_det[TRAINING_ONLY]})
         logging.info('%s: no training-only queries (Group DETR / denoising); they start fresh',
                      path)
-    elif TRAINING_ONLY in params and TRAINING_ONLY not in ours:
-        params = strip_training_only(params)
-    head = ('detr', 'class_embed') if 'detr' in ours else ('class_embed',)
+    elif TRAINING_ONLY in theirs_det and TRAINING_ONLY not in ours_det:
+        theirs_det = strip_training_only(theirs_det)
+    params = dict(params, detr=theirs_det) if nested else theirs_det
+    head = ('detr', 'class_embed') if nested else ('class_embed',)
 
     def get(tree, keys):
         for k in keys:
