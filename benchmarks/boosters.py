@@ -24,8 +24,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> config overrides on top of configs/demo.py
-_DETR = {'model.conditional': False, 'optim.lr': 3e-4, 'optim.lr_backbone': 3e-4}
+# name -> config overrides on top of configs/demo.py (each variant names its
+# decoder, groups and lr: the demo's own defaults changed on 12-04)
+_DETR = {'model.conditional': False, 'model.num_groups': 1,
+         'optim.lr': 3e-4, 'optim.lr_backbone': 3e-4}
+_COND = {'model.conditional': True, 'model.num_groups': 1,
+         'optim.lr': 5e-4, 'optim.lr_backbone': 5e-4}
 _DN = {'model.dn_groups': 5}
 _GROUP = {'model.num_groups': 4}
 VARIANTS = {
@@ -36,11 +40,12 @@ VARIANTS = {
     'detr+group11': {**_DETR, 'model.num_groups': 11},  # the paper's group count
     # the groups leave the "mean box" plateau sooner: the conditional decoder's lr
     'detr+group+lr5e-4': {**_DETR, **_GROUP, 'optim.lr': 5e-4, 'optim.lr_backbone': 5e-4},
+    # the demo's defaults since 12-04 (with --steps detr+group+lr7e-4=12500)
     'detr+group+lr7e-4': {**_DETR, **_GROUP, 'optim.lr': 7e-4, 'optim.lr_backbone': 7e-4},
-    'cond': {},
-    'cond+dn': _DN,
-    'cond+group': _GROUP,
-    'cond+dn+group': {**_DN, **_GROUP},
+    'cond': _COND,
+    'cond+dn': {**_COND, **_DN},
+    'cond+group': {**_COND, **_GROUP},
+    'cond+dn+group': {**_COND, **_DN, **_GROUP},
 }
 STEPS_PER_EPOCH = 249  # the demo's 2000 images in batches of 8 (bucketed)
 

@@ -1,15 +1,23 @@
-"""The demo: a small DETR with Conditional DETR's decoder, trained from
-scratch on the built-in synthetic set.
+"""The demo: a small DETR trained from scratch on the built-in synthetic
+set, with the original's decoder and Group DETR's query groups for training.
 
 Command (a fresh machine, CPU only):
   python -m detr_jax.main --config=configs/demo.py --workdir=workdir/demo
-Hardware: 2 CPU cores. Wall time: 32 minutes on 2026-12-03, data generation
-and compilation included, on a day the machine ran every step ~2x slower
-than on 11-29 (when the previous version took 14.1 minutes).
-Expected: AP 55.3 / AP50 85.6 / AP75 63.4 at step 20000, AP 53.0 at step
-16000 (README, the demo table). With DETR's own decoder
-(`--config.model.conditional=False --config.optim.lr=3e-4
---config.optim.lr_backbone=3e-4`): AP 45.9 at step 20000 (11-29 code).
+Hardware: 2 CPU cores. Wall time: 15.3 minutes on 2026-12-04, data
+generation and compilation included (16 steps/s).
+Expected: AP 50.0 / AP50 86.2 / AP75 53.0 at step 12500, AP 49.2 at step
+12000 (README, the demo table; benchmarks/boosters.py's `detr+group+lr7e-4`).
+
+Training uses 4 groups of 12 queries (Group DETR: self-attention within a
+group, one-to-one matching per group); evaluation, export and the
+checkpoint's inference model are the original's architecture with one
+group. Without the groups (`--config.model.num_groups=1
+--config.optim.lr=3e-4 --config.optim.lr_backbone=3e-4`): AP 39.9 in 14.8
+minutes (README, "Training boosters on the demo").
+
+`--config=configs/demo.py:conditional` is the demo until 12-04: Conditional
+DETR's decoder, no groups, lr 5e-4, 20000 steps: AP 55.3 / AP50 85.6 at
+step 20000 in 32 minutes (12-03; 28.3 minutes on 12-04).
 
 No pretrained weights exist here, so the backbone trains from scratch with
 GroupNorm (as the original's users found necessary) and every stage trains.
@@ -18,7 +26,11 @@ What was tried on the way is in docs/experiments.md.
 from detr_jax.config_defaults import base_config
 
 
-def get_config():
+def get_config(decoder='detr'):
+    """decoder: 'detr' (the default) or 'conditional' (the demo until 12-04)."""
+    if decoder not in ('detr', 'conditional'):
+        raise ValueError(f"configs/demo.py:{decoder}: the decoder is 'detr' (the default) or "
+                         "'conditional'")
     c = base_config()
     m = c.model
     m.backbone = 'resnet_small16'
@@ -34,10 +46,10 @@ def get_config():
     # more per step; a wider transformer (d=128) or 2 encoder layers did not
     # learn faster per step (docs/experiments.md)
     m.enc_layers, m.dec_layers = 1, 3
-    # a reference point per query and [content | spatial] cross-attention:
-    # far ahead of DETR's decoder at every step (AP 54.5 against 48.0 at
-    # step 20000, one core) for 9% more per step (docs/experiments.md)
-    m.conditional = True
+    # 4 groups of queries for training (one at evaluation): +6 to +8 AP per
+    # step before the lr drop for ~1% of the steps/s, and they take a higher
+    # lr (README, "Training boosters on the demo")
+    m.num_groups = 4
     m.num_queries, m.num_classes = 12, 6
     m.dropout = 0.0
     d = c.data
@@ -55,23 +67,32 @@ def get_config():
     d.max_boxes = 12
     d.batch_size, d.eval_batch_size = 8, 8
     o = c.optim
-    # with DETR's decoder 3e-4 left the "mean box" plateau in ~1500 steps,
-    # 1e-3 took ~4000, 5e-4 ~2500; the conditional decoder leaves it at once
-    # and learns fastest at 5e-4 (docs/experiments.md)
-    o.lr, o.lr_backbone, o.weight_decay, o.clip_norm = 5e-4, 5e-4, 1e-4, 0.1
+    # one group: 3e-4 left the "mean box" plateau in ~1500 steps, 1e-3 took
+    # ~4000, 5e-4 ~2500; with 4 groups 7e-4 is ahead of 5e-4 from step 8000
+    # (38.1 against 37.8) and after the drop (49.2 against 47.7 at 12000)
+    o.lr, o.lr_backbone, o.weight_decay, o.clip_norm = 7e-4, 7e-4, 1e-4, 0.1
     o.warmup_steps = 200
-    # x0.1 at step 17928 (249 steps per epoch) as the original drops (a
+    # x0.1 at step 11205 (249 steps per epoch) as the original drops (a
     # cosine decay instead: AP 29.5 at 16000 steps against the drop's 36.6;
     # a linear cooldown from step ~15900: the same as the drop at 21000)
-    o.lr_drop_epochs = 72
+    o.lr_drop_epochs = 45
     t = c.train
     t.epochs = 1000
-    t.max_steps = 20000  # ~13 minutes of steps at ~25-27 steps/s (2 cores)
+    t.max_steps = 12500  # ~13 minutes of steps at ~16 steps/s (2 cores)
     # evaluated with an EMA of the weights: far ahead before the lr drop
     # (AP 40.3 against 33.3 at step 14000), the same at the end
     t.ema_decay = 0.999
     t.log_every = 100
     # each save costs the loop ~2 s of CPU (5% of the steps/s at every 1000)
     t.checkpoint_every = 2000
-    t.eval_every = 4000  # 3 s each (9 s the first: compilation)
+    t.eval_every = 2000  # 1-2 s each (10 s the first: compilation)
+    if decoder == 'conditional':
+        # a reference point per query and [content | spatial] cross-attention:
+        # far ahead of DETR's decoder at every step (AP 54.5 against 48.0 at
+        # step 20000, one core) for 9% more per step (docs/experiments.md);
+        # it leaves the "mean box" plateau at once and learns fastest at 5e-4
+        m.conditional, m.num_groups = True, 1
+        o.lr, o.lr_backbone = 5e-4, 5e-4
+        o.lr_drop_epochs = 72  # x0.1 at step 17928
+        t.max_steps, t.eval_every = 20000, 4000
     return c

@@ -69,3 +69,20 @@ def test_default_buckets_hold_every_size_the_recipe_makes(caplog):
         validate_config(c, num_devices=1)
     assert 'config.data.eval_buckets: no bucket holds a portrait image' in caplog.text
     assert 'Add (1344, 800)' in caplog.text
+
+
+def test_demo_trains_the_originals_decoder_and_keeps_the_conditional_one_a_suffix_away():
+    """configs/demo.py trains DETR's own decoder (the architecture official
+    checkpoints use) with training-only query groups; `:conditional` is the
+    demo until 12-04; any other suffix is refused, naming the file."""
+    spec = importlib.util.spec_from_file_location('demo', os.path.join(ROOT, 'configs', 'demo.py'))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    c = demo.get_config()
+    assert not c.model.conditional and c.model.num_groups == 4 and c.optim.lr == 7e-4
+    cond = demo.get_config('conditional')
+    validate_model_config(cond.model)
+    assert cond.model.conditional and cond.model.num_groups == 1
+    assert (cond.optim.lr, cond.train.max_steps) == (5e-4, 20000)
+    with pytest.raises(ValueError, match=r"configs/demo.py:detr2: the decoder is 'detr'"):
+        demo.get_config('detr2')
