@@ -46,6 +46,7 @@ VARIANTS = {
     'cond+dn': {**_COND, **_DN},
     'cond+group': {**_COND, **_GROUP},
     'cond+dn+group': {**_COND, **_DN, **_GROUP},
+    'cond+group+lr7e-4': {**_COND, **_GROUP, 'optim.lr': 7e-4, 'optim.lr_backbone': 7e-4},
 }
 STEPS_PER_EPOCH = 249  # the demo's 2000 images in batches of 8 (bucketed)
 
