@@ -24,12 +24,16 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
+def _lr(lr):
+    """The same lr for the transformer and the backbone (the demo trains both)."""
+    return {'optim.lr': lr, 'optim.lr_backbone': lr}
+
+
 # name -> config overrides on top of configs/demo.py (each variant names its
 # decoder, groups and lr: the demo's own defaults changed on 12-04)
-_DETR = {'model.conditional': False, 'model.num_groups': 1,
-         'optim.lr': 3e-4, 'optim.lr_backbone': 3e-4}
-_COND = {'model.conditional': True, 'model.num_groups': 1,
-         'optim.lr': 5e-4, 'optim.lr_backbone': 5e-4}
+_DETR = {'model.conditional': False, 'model.num_groups': 1, **_lr(3e-4)}
+_COND = {'model.conditional': True, 'model.num_groups': 1, **_lr(5e-4)}
 _DN = {'model.dn_groups': 5}
 _GROUP = {'model.num_groups': 4}
 VARIANTS = {
@@ -39,14 +43,14 @@ VARIANTS = {
     'detr+dn+group': {**_DETR, **_DN, **_GROUP},
     'detr+group11': {**_DETR, 'model.num_groups': 11},  # the paper's group count
     # the groups leave the "mean box" plateau sooner: the conditional decoder's lr
-    'detr+group+lr5e-4': {**_DETR, **_GROUP, 'optim.lr': 5e-4, 'optim.lr_backbone': 5e-4},
+    'detr+group+lr5e-4': {**_DETR, **_GROUP, **_lr(5e-4)},
     # the demo's defaults since 12-04 (with --steps detr+group+lr7e-4=12500)
-    'detr+group+lr7e-4': {**_DETR, **_GROUP, 'optim.lr': 7e-4, 'optim.lr_backbone': 7e-4},
+    'detr+group+lr7e-4': {**_DETR, **_GROUP, **_lr(7e-4)},
     'cond': _COND,
     'cond+dn': {**_COND, **_DN},
     'cond+group': {**_COND, **_GROUP},
     'cond+dn+group': {**_COND, **_DN, **_GROUP},
-    'cond+group+lr7e-4': {**_COND, **_GROUP, 'optim.lr': 7e-4, 'optim.lr_backbone': 7e-4},
+    'cond+group+lr7e-4': {**_COND, **_GROUP, **_lr(7e-4)},
 }
 STEPS_PER_EPOCH = 249  # the demo's 2000 images in batches of 8 (bucketed)
 

@@ -16,11 +16,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
-def test_config_loads_and_validates(path):
+def _config_module(path):
+    """configs/NAME.py loaded as a module."""
     spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
+def test_config_loads_and_validates(path):
+    mod = _config_module(path)
     assert 'python -m detr_jax.main' in mod.__doc__ or 'Command' in mod.__doc__
     assert 'Expected' in mod.__doc__
     cfg = mod.get_config()
@@ -75,9 +81,7 @@ def test_demo_trains_the_originals_decoder_and_keeps_the_conditional_one_a_suffi
     """configs/demo.py trains DETR's own decoder (the architecture official
     checkpoints use) with training-only query groups; `:conditional` is the
     demo until 12-04; any other suffix is refused, naming the file."""
-    spec = importlib.util.spec_from_file_location('demo', os.path.join(ROOT, 'configs', 'demo.py'))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = _config_module(os.path.join(ROOT, 'configs', 'demo.py'))
     c = demo.get_config()
     assert not c.model.conditional and c.model.num_groups == 4 and c.optim.lr == 7e-4
     cond = demo.get_config('conditional')
