@@ -185,17 +185,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     trainer = build_trainer(config, mesh, steps_per_epoch, total_steps)
     logging.info('gradients summed over the devices: %s', trainer.gradient_all_reduce)
     init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = trainer.init_state(init_rng)
     mngr = checkpoints.manager(workdir, config)
-    step, restored, meta = checkpoints.restore_latest(mngr, trainer.abstract_state)
+    # a restart restores into the state's shapes: no initialization to run
+    step, state, meta = checkpoints.restore_latest(mngr, trainer.abstract_state)
     if step is not None:
-        state = restored
         pipeline.restore(meta['position'])
         console.say(f'resumed from step {step} of {workdir}')
-    elif config.train.init_from:
-        state = checkpoints.init_from_pretrained(state, config.train.init_from,
-                                                 config.train.reinit_class_head)
-        console.say(f'weights from {config.train.init_from}')
+    else:
+        state = trainer.init_state(init_rng)
+        if config.train.init_from:
+            state = checkpoints.init_from_pretrained(state, config.train.init_from,
+                                                     config.train.reinit_class_head)
+            console.say(f'weights from {config.train.init_from}')
     weights = weight_dict(config.loss, config.model.dec_layers - 1 if config.model.aux_loss else 0,
                           bool(config.model.masks))
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,

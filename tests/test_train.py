@@ -13,6 +13,7 @@ import pytest
 
 import tiny_config
 from detr_jax import checkpoints, train
+from detr_jax import trainer as trainer_lib
 from detr_jax.config_defaults import validate_config
 from detr_jax.data import pipeline
 from detr_jax.data.datasets import build_source
@@ -392,12 +393,19 @@ def test_ema_weights_follow_the_formula_and_are_what_checkpoints_export(tmp_path
     assert any(not np.allclose(a, b) for a, b in zip(ema_l, raw_l))
 
 
-def test_resume_switching_the_ema_on_and_off(tmp_path, cache_dir):
+def test_resume_switching_the_ema_on_and_off(tmp_path, cache_dir, monkeypatch):
     """A checkpoint written without the EMA resumes with `ema_decay` > 0 (the
     EMA starts from the restored weights), and one with it resumes with
-    `ema_decay` 0 (dropped)."""
+    `ema_decay` 0 (dropped). A resumed run restores into the state's shapes
+    and initializes nothing."""
     on = tmp_path / 'on'
     train.train_and_evaluate(_config(cache_dir, max_steps=2, checkpoint_every=2), str(on))
+
+    fresh_start = trainer_lib.Trainer.init_state
+
+    def no_init(self, rng):
+        raise AssertionError('a resumed run initialized a fresh state')
+    monkeypatch.setattr(trainer_lib.Trainer, 'init_state', no_init)
     train.train_and_evaluate(_config(cache_dir, max_steps=3, checkpoint_every=2, ema_decay=0.9),
                              str(on))
     _, raw2, _ = checkpoints.load_workdir(str(on), step=2, ema=False)
@@ -412,8 +420,10 @@ def test_resume_switching_the_ema_on_and_off(tmp_path, cache_dir):
     assert any(not np.allclose(a, b) for a, b in zip(leaves[1], leaves[2]))
 
     off = tmp_path / 'off'
+    monkeypatch.setattr(trainer_lib.Trainer, 'init_state', fresh_start)
     train.train_and_evaluate(_config(cache_dir, max_steps=2, checkpoint_every=2, ema_decay=0.9),
                              str(off))
+    monkeypatch.setattr(trainer_lib.Trainer, 'init_state', no_init)
     train.train_and_evaluate(_config(cache_dir, max_steps=3, checkpoint_every=2), str(off))
     _, a, step = checkpoints.load_workdir(str(off))
     _, b, _ = checkpoints.load_workdir(str(off), ema=False)
