@@ -3,8 +3,9 @@ set, with the original's decoder and Group DETR's query groups for training.
 
 Command (a fresh machine, CPU only):
   python -m detr_jax.main --config=configs/demo.py --workdir=workdir/demo
-Hardware: 2 CPU cores. Wall time: 15.3 minutes on 2026-12-04, data
-generation and compilation included (16 steps/s).
+Hardware: 2 CPU cores. Wall time: 13.8 minutes on 2026-12-04 (evening,
+17-19 steps/s), 15.3 minutes the same afternoon (16 steps/s), data
+generation and compilation included.
 Expected: AP 50.0 / AP50 86.2 / AP75 53.0 at step 12500, AP 49.2 at step
 12000 (README, the demo table; benchmarks/boosters.py's `detr+group+lr7e-4`).
 

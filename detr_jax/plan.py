@@ -325,8 +325,17 @@ class Planner:
                     return None, time.time() - t0
                 raise
         workers = max(1, min(len(jobs), os.cpu_count() or 1))
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(compile_one, jobs))
+        # JAX's persistent compilation cache is off meanwhile: a TPU program
+        # compiled on a machine without a TPU cannot be loaded back there (no
+        # TPU client to deserialize it), so its entry would be dead weight
+        # (hundreds of MB for R50) and every later plan would warn reading it
+        cache_on = jax.config.jax_enable_compilation_cache
+        jax.config.update('jax_enable_compilation_cache', False)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                return list(pool.map(compile_one, jobs))
+        finally:
+            jax.config.update('jax_enable_compilation_cache', cache_on)
 
     def describe(self, step, per_chip, compiled, seconds):
         """The StepPlan of one compiled step."""

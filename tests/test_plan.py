@@ -5,6 +5,7 @@ them: one CLI run (train and eval on v5e:2x2) and two batch sizes on a
 multi-host topology.
 """
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -24,15 +25,26 @@ V5E = plan.chip_of('v5e:2x2')
 
 
 @pytest.fixture(scope='module')
-def cli_plans():
-    """One `python -m detr_jax.plan --json` run: {step: its JSON object}."""
+def cli_plans(tmp_path_factory):
+    """One `python -m detr_jax.plan --json` run: {step: its JSON object,
+    'jit_cache': the persistent compilation cache it was given (empty)}."""
+    cache = tmp_path_factory.mktemp('jit_cache')
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
     out = subprocess.run(
         [sys.executable, '-m', 'detr_jax.plan', f'--config={TINY}', '--topology=v5e:2x2',
-         '--no_fit', '--json'], capture_output=True, text=True, cwd=ROOT, timeout=900)
+         '--no_fit', '--json'], capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     objects = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
     assert len(objects) == 2, out.stdout
-    return {o['step']: o for o in objects}
+    return {**{o['step']: o for o in objects}, 'jit_cache': cache}
+
+
+def test_tpu_programs_stay_out_of_the_persistent_compilation_cache(cli_plans):
+    """A TPU program compiled without a TPU cannot be loaded back (JAX warns
+    'PjRtCompiler must be constructed with a Client'): the plan writes none."""
+    assert sorted(p.name for p in cli_plans['jit_cache'].iterdir()) == []
 
 
 def test_roofline_of_a_matmul_by_hand():
