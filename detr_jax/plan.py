@@ -27,6 +27,7 @@ v5p and v6e, and one per TensorCore (two per chip) on v3 and v4; the
 figures of `CHIPS` are then halved per device.
 """
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -244,6 +245,21 @@ class StepPlan:
         return self.hbm_bytes_per_chip <= self.hbm_capacity_bytes
 
 
+@contextlib.contextmanager
+def persistent_cache_off():
+    """JAX's persistent compilation cache off while open, in every thread.
+    A TPU program compiled on a machine without a TPU cannot be loaded back
+    there (no TPU client to deserialize it: JAX warns 'PjRtCompiler must be
+    constructed with a Client'), so its entry would be dead weight (hundreds
+    of MB for R50) and every later plan would warn reading it."""
+    cache_on = jax.config.jax_enable_compilation_cache
+    jax.config.update('jax_enable_compilation_cache', False)
+    try:
+        yield
+    finally:
+        jax.config.update('jax_enable_compilation_cache', cache_on)
+
+
 class Planner:
     """Builds one config's trainer on a topology and compiles its steps for
     any per-chip batch."""
@@ -325,17 +341,8 @@ class Planner:
                     return None, time.time() - t0
                 raise
         workers = max(1, min(len(jobs), os.cpu_count() or 1))
-        # JAX's persistent compilation cache is off meanwhile: a TPU program
-        # compiled on a machine without a TPU cannot be loaded back there (no
-        # TPU client to deserialize it), so its entry would be dead weight
-        # (hundreds of MB for R50) and every later plan would warn reading it
-        cache_on = jax.config.jax_enable_compilation_cache
-        jax.config.update('jax_enable_compilation_cache', False)
-        try:
-            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                return list(pool.map(compile_one, jobs))
-        finally:
-            jax.config.update('jax_enable_compilation_cache', cache_on)
+        with persistent_cache_off(), concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(compile_one, jobs))
 
     def describe(self, step, per_chip, compiled, seconds):
         """The StepPlan of one compiled step."""

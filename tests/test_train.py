@@ -399,15 +399,14 @@ def test_resume_switching_the_ema_on_and_off(tmp_path, cache_dir, monkeypatch):
     `ema_decay` 0 (dropped). A resumed run restores into the state's shapes
     and initializes nothing."""
     on = tmp_path / 'on'
-    train.train_and_evaluate(_config(cache_dir, max_steps=2, checkpoint_every=2), str(on))
-
-    fresh_start = trainer_lib.Trainer.init_state
-
     def no_init(self, rng):
         raise AssertionError('a resumed run initialized a fresh state')
-    monkeypatch.setattr(trainer_lib.Trainer, 'init_state', no_init)
-    train.train_and_evaluate(_config(cache_dir, max_steps=3, checkpoint_every=2, ema_decay=0.9),
-                             str(on))
+
+    train.train_and_evaluate(_config(cache_dir, max_steps=2, checkpoint_every=2), str(on))
+    with monkeypatch.context() as m:
+        m.setattr(trainer_lib.Trainer, 'init_state', no_init)
+        train.train_and_evaluate(
+            _config(cache_dir, max_steps=3, checkpoint_every=2, ema_decay=0.9), str(on))
     _, raw2, _ = checkpoints.load_workdir(str(on), step=2, ema=False)
     _, raw3, step = checkpoints.load_workdir(str(on), ema=False)
     _, ema3, _ = checkpoints.load_workdir(str(on))
@@ -420,11 +419,11 @@ def test_resume_switching_the_ema_on_and_off(tmp_path, cache_dir, monkeypatch):
     assert any(not np.allclose(a, b) for a, b in zip(leaves[1], leaves[2]))
 
     off = tmp_path / 'off'
-    monkeypatch.setattr(trainer_lib.Trainer, 'init_state', fresh_start)
     train.train_and_evaluate(_config(cache_dir, max_steps=2, checkpoint_every=2, ema_decay=0.9),
                              str(off))
-    monkeypatch.setattr(trainer_lib.Trainer, 'init_state', no_init)
-    train.train_and_evaluate(_config(cache_dir, max_steps=3, checkpoint_every=2), str(off))
+    with monkeypatch.context() as m:
+        m.setattr(trainer_lib.Trainer, 'init_state', no_init)
+        train.train_and_evaluate(_config(cache_dir, max_steps=3, checkpoint_every=2), str(off))
     _, a, step = checkpoints.load_workdir(str(off))
     _, b, _ = checkpoints.load_workdir(str(off), ema=False)
     assert step == 3
