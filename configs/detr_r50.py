@@ -15,6 +15,10 @@ bounds from the compiler's counts at the chips' peak rates):
     before: 4.79 GiB, 14 images fit, >= 102 ms, 15.7 h.)
   v4:2x2x2 (16 TensorCores), the fused step: 5.92 GiB per core of 16; step
     >= 140 ms, epoch >= 4.3 min, 300 epochs >= 21.6 h.
+  12-05, the 1x1 convolutions as matmuls (benchmarks/README.md), v5e:2x2
+    at 800x1088, 4 per chip: 3.03 GiB per chip, 11.7 GB accessed per
+    image, step >= 56.9 ms (3.11 GiB, 14.0 GB, 68.6 ms with them as
+    convolutions, the same day); the figures above predate it.
 Wall time on a TPU: not measured (no accelerator here).
 Expected: 42.0 box AP at 500 epochs, ~40.6 at 300
 (the original's README and paper).

@@ -184,8 +184,9 @@ def test_dilation_layer3_gives_stride_8():
     jaxpr = jax.make_jaxpr(lambda x: r18.init_with_output(jax.random.PRNGKey(0), x)[0])(images)
     dil = [tuple(e.params['rhs_dilation'])[0] for e in jaxpr.jaxpr.eqns
            if e.primitive.name == 'conv_general_dilated']
-    # stem, layer1 (2x2), layer2 (2x2 + downsample), layer3: 1, 2 (+ downsample), layer4: 2, 4
-    assert dil == [1] * 10 + [1, 1, 1, 2, 2] + [2, 2, 1, 4, 4]
+    # stem, layer1 (2x2), layer2 (2x2), layer3: 1, 2, layer4: 2, 4 (the 1x1
+    # downsample convs are matmuls: layers._PointwiseConv)
+    assert dil == [1] * 9 + [1, 1, 2, 2] + [2, 2, 4, 4]
     out = model.apply(v, images, mask)
     assert out['pred_boxes'].shape[1:] == (cfg.num_queries, 4)
     with pytest.raises(ValueError, match='dilation_layer3'):
@@ -279,3 +280,26 @@ def test_masked_group_norm_equals_group_norm_without_padding():
     ref = nn.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False)
     np.testing.assert_allclose(ours.apply(v, x), ref.apply({'params': v['params']['gn']}, x),
                                atol=1e-5)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_1x1_conv_as_a_matmul_is_nn_conv_bitwise(stride, dtype):
+    """`TorchConv`'s 1x1 case (`layers._PointwiseConv`, a matmul over
+    channels) has nn.Conv's parameters and, on the CPU, its outputs bit for
+    bit, strided (odd sizes) or not."""
+    import flax.linen as nn
+    from detr_jax.models.layers import TorchConv, torch_default_bias, torch_default_kernel
+
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 13, 17, 24))
+    ours = TorchConv(16, 1, stride=stride, dtype=dtype)
+    theirs = nn.Conv(16, (1, 1), (stride, stride), padding='VALID', dtype=dtype,
+                     kernel_init=torch_default_kernel(), bias_init=torch_default_bias(24))
+    v = ours.init(jax.random.PRNGKey(0), x)
+    v_theirs = theirs.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(np.shape, v['params']['conv']) == jax.tree.map(np.shape, v_theirs['params'])
+    y = ours.apply(v, x)
+    y_theirs = theirs.apply({'params': v['params']['conv']}, x)
+    assert y.dtype == y_theirs.dtype and y.shape == y_theirs.shape == (2, 7 if stride == 2 else 13,
+                                                                       9 if stride == 2 else 17, 16)
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_theirs, np.float32))

@@ -219,3 +219,41 @@ def test_a_step_that_does_not_fit_says_what_the_compiler_said():
     assert ('the train step with 64 images per chip does not fit in the 16 GiB of a v5e chip '
             '(the compiler: RESOURCE_EXHAUSTED: Ran out of memory') in out.stderr
     assert 'plan a smaller --per_chip' in out.stderr and 'Traceback' not in out.stderr
+
+
+def test_1x1_convolutions_compile_to_fewer_bytes_as_matmuls(monkeypatch):
+    """R50's bottleneck block (layer3's channels at 25x34, 2 images, bf16,
+    frozen batch norm), forward and backward on one v5e chip: with its 1x1
+    convolutions computed as matmuls (`layers._PointwiseConv`) the TPU
+    compiler counts far fewer bytes than with them as convolutions (0.64x
+    here; 0.56x over R50's blocks at 800x1088, 0.83x over the whole step;
+    benchmarks/README.md, "Where the bytes go")."""
+    import flax.linen as nn
+    from jax.sharding import SingleDeviceSharding
+
+    from detr_jax.models import layers
+    from detr_jax.models.backbone import _Block
+
+    def as_convolution(features, stride, name, **kw):  # TorchConv's 1x1 case before
+        return nn.Conv(features, (1, 1), (stride,) * 2, padding='VALID', name=name, **kw)
+
+    block = _Block(256, bottleneck=True, norm='frozen_bn', dtype=jnp.bfloat16)
+    x = jnp.zeros((1, 16, 16, 1024), jnp.bfloat16)
+    variables = jax.eval_shape(block.init, jax.random.PRNGKey(0), x)
+    chip = SingleDeviceSharding(plan.topology_devices('v5e:2x2')[0])
+    on_chip = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=chip)  # noqa: E731
+
+    def bytes_accessed():
+        def loss(params, batch_stats, x):
+            out = block.apply({'params': params, 'batch_stats': batch_stats}, x)
+            return jnp.sum(out.astype(jnp.float32) ** 2)
+        step = jax.jit(jax.grad(loss, argnums=(0, 2)))
+        args = jax.tree.map(on_chip, (variables['params'], variables['batch_stats'],
+                                      jnp.zeros((2, 25, 34, 1024), jnp.bfloat16)))
+        with plan.persistent_cache_off():
+            return step.lower(*args).compile().cost_analysis()['bytes accessed']
+
+    as_matmuls = bytes_accessed()
+    monkeypatch.setattr(layers, '_PointwiseConv', as_convolution)
+    as_convolutions = bytes_accessed()
+    assert as_matmuls < 0.75 * as_convolutions, (as_matmuls, as_convolutions)
