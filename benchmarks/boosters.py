@@ -51,6 +51,7 @@ VARIANTS = {
     'cond+group': {**_COND, **_GROUP},
     'cond+dn+group': {**_COND, **_DN, **_GROUP},
     'cond+group+lr7e-4': {**_COND, **_GROUP, **_lr(7e-4)},
+    'cond+dn+group+lr7e-4': {**_COND, **_DN, **_GROUP, **_lr(7e-4)},
 }
 STEPS_PER_EPOCH = 249  # the demo's 2000 images in batches of 8 (bucketed)
 
@@ -108,7 +109,8 @@ def table(results, budget=15.0):
 # a booster's colour, the same on both decoders
 BOOSTER_COLOURS = {'': (31, 119, 180), 'dn': (255, 127, 14), 'group': (44, 160, 44),
                    'dn+group': (214, 39, 40), 'group11': (148, 103, 189),
-                   'group+lr5e-4': (140, 86, 75), 'group+lr7e-4': (227, 119, 194)}
+                   'group+lr5e-4': (140, 86, 75), 'group+lr7e-4': (227, 119, 194),
+                   'dn+group+lr7e-4': (127, 127, 127)}
 
 
 def decoder_and_boosters(name):
