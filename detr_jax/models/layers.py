@@ -1,5 +1,6 @@
-"""Layers shared by the models: PyTorch-default initializers, frozen
-BatchNorm, and PyTorch's legacy nearest resize.
+"""Layers shared by the models: PyTorch-default initializers, convolutions
+with PyTorch's padding (1x1 ones as matmuls), frozen BatchNorm, and
+PyTorch's legacy nearest resize.
 
 DETR's convergence depends on its initialization, and Flax's defaults
 (lecun-normal kernels, zero biases) differ from PyTorch's, so every layer that
