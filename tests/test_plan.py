@@ -238,7 +238,7 @@ def test_1x1_convolutions_compile_to_fewer_bytes_as_matmuls(monkeypatch):
         return nn.Conv(features, (1, 1), (stride,) * 2, padding='VALID', name=name, **kw)
 
     block = _Block(256, bottleneck=True, norm='frozen_bn', dtype=jnp.bfloat16)
-    x = jnp.zeros((1, 16, 16, 1024), jnp.bfloat16)
+    x = jax.ShapeDtypeStruct((2, 25, 34, 1024), jnp.bfloat16)
     variables = jax.eval_shape(block.init, jax.random.PRNGKey(0), x)
     chip = SingleDeviceSharding(plan.topology_devices('v5e:2x2')[0])
     on_chip = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=chip)  # noqa: E731
@@ -248,8 +248,7 @@ def test_1x1_convolutions_compile_to_fewer_bytes_as_matmuls(monkeypatch):
             out = block.apply({'params': params, 'batch_stats': batch_stats}, x)
             return jnp.sum(out.astype(jnp.float32) ** 2)
         step = jax.jit(jax.grad(loss, argnums=(0, 2)))
-        args = jax.tree.map(on_chip, (variables['params'], variables['batch_stats'],
-                                      jnp.zeros((2, 25, 34, 1024), jnp.bfloat16)))
+        args = jax.tree.map(on_chip, (variables['params'], variables['batch_stats'], x))
         with plan.persistent_cache_off():
             return step.lower(*args).compile().cost_analysis()['bytes accessed']
 

@@ -87,19 +87,15 @@ class TorchConv(nn.Module):
     def __call__(self, x):
         fan_in = x.shape[-1] * self.kernel_size ** 2
         p = self.padding
+        init = dict(kernel_init=self.kernel_init or torch_default_kernel(),
+                    bias_init=self.bias_init or torch_default_bias(fan_in))
         if self.kernel_size == 1 and p == 0 and self.dilation == 1:
-            return _PointwiseConv(
-                self.features, stride=self.stride, use_bias=self.use_bias,
-                kernel_init=self.kernel_init or torch_default_kernel(),
-                bias_init=self.bias_init or torch_default_bias(fan_in),
-                dtype=self.dtype, name='conv')(x)
+            return _PointwiseConv(self.features, stride=self.stride, use_bias=self.use_bias,
+                                  dtype=self.dtype, name='conv', **init)(x)
         return nn.Conv(
             self.features, (self.kernel_size,) * 2, strides=(self.stride,) * 2,
             padding=((p, p), (p, p)), kernel_dilation=(self.dilation,) * 2,
-            use_bias=self.use_bias,
-            kernel_init=self.kernel_init or torch_default_kernel(),
-            bias_init=self.bias_init or torch_default_bias(fan_in),
-            dtype=self.dtype, name='conv')(x)
+            use_bias=self.use_bias, dtype=self.dtype, name='conv', **init)(x)
 
 
 class _PointwiseConv(nn.Module):
